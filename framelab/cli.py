@@ -1,0 +1,49 @@
+"""The `framelab` console script.
+
+    framelab fit|validate|test|predict [experiment=NAME] [overrides] [-m] [--cfg job]
+    framelab data ...        (datasets: synth, pack; see `framelab data --help`)
+    framelab convert ...     (checkpoint conversions)
+    framelab bench NAME ...  (measured comparisons; NAME is a module of framelab.benchmarks)
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from framelab.environment import check_torch_pairing
+
+VERBS = ("fit", "validate", "test", "predict")
+# subcommand -> module whose `main(argv: list[str]) -> int` takes the rest of the command line
+TOOLS = {
+    "data": "framelab.datamodules.commands",
+    "convert": "framelab.convert",
+    "bench": "framelab.benchmarks",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    problem = check_torch_pairing()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command in VERBS:
+        from framelab.run import run_verb
+        return run_verb(command, rest)
+    if command in TOOLS:
+        module = importlib.import_module(TOOLS[command])
+        return int(module.main(rest) or 0)
+    if "=" in command or command.startswith("-"):  # `framelab experiment=x` means fit
+        from framelab.run import run_verb
+        return run_verb("fit", argv)
+    print(f"framelab: error: unknown command {command!r}; choose one of "
+          f"{', '.join(VERBS + tuple(TOOLS))}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""RMSNorm: y = x / sqrt(mean(x^2) + eps) * weight, optionally fused with a residual add."""
+from __future__ import annotations
+
+import torch
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Plain torch RMSNorm, computed in fp32 and cast back to the input dtype (Qwen3 convention)."""
+    dtype = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
+             residual: torch.Tensor | None = None):
+    """RMSNorm of `x`; with `residual`, returns (rms_norm(x + residual), x + residual)."""
+    if residual is not None:
+        x = x + residual
+        return rms_norm_reference(x, weight, eps), x
+    return rms_norm_reference(x, weight, eps)
