@@ -1,0 +1,107 @@
+"""Model configuration dataclasses and the size presets (the one place they live).
+
+`tiny` is for tests, `small` for CPU demos; the `qwen3-*` presets have the published shapes of the
+Qwen3 dense models (configs of Qwen/Qwen3-0.6B, -1.7B, -8B).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+
+@dataclass
+class VisionConfig:
+    """ViT over video frames: tubelets of `temporal_patch` frames × `patch_size`² pixels."""
+    width: int = 64
+    depth: int = 2
+    heads: int = 2
+    mlp_ratio: float = 4.0
+    patch_size: int = 8
+    temporal_patch: int = 2
+    merge: int = 2           # projector merges merge × merge neighbouring patches into one token
+    channels: int = 3
+    rope_theta: float = 10000.0
+    attn_scope: str = "frame"  # "frame": attention within each tubelet time step; "video": all
+    norm_eps: float = 1e-6
+
+
+@dataclass
+class ModelConfig:
+    """A Qwen3-family decoder-only LM (+ optional vision tower)."""
+    vocab_size: int = 512
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    head_dim: int = 16
+    intermediate: int = 128
+    rope_theta: float = 1_000_000.0
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    qk_norm: bool = True
+    # multimodal rotary: frequency pairs given to (t, h, w); must sum to head_dim // 2
+    mrope_section: tuple[int, int, int] | None = None
+    attention: str = "gqa"
+    max_position: int = 40960
+    init_std: float = 0.02
+    vision: VisionConfig | None = None
+
+    def __post_init__(self):
+        if isinstance(self.vision, dict):
+            self.vision = VisionConfig(**self.vision)
+        if self.mrope_section is not None:
+            self.mrope_section = tuple(int(s) for s in self.mrope_section)
+        if self.heads % self.kv_heads:
+            raise ValueError(f"model.heads ({self.heads}) must be a multiple of "
+                             f"model.kv_heads ({self.kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"model.head_dim ({self.head_dim}) must be even for rotary embeddings")
+        if self.mrope_section is None:
+            half = self.head_dim // 2
+            t = half // 4
+            self.mrope_section = (half - 2 * ((half - t) // 2), (half - t) // 2, (half - t) // 2)
+        if sum(self.mrope_section) != self.head_dim // 2:
+            raise ValueError(f"model.mrope_section {list(self.mrope_section)} must sum to "
+                             f"head_dim // 2 = {self.head_dim // 2}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**data)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(),
+    "small": ModelConfig(vocab_size=4096, hidden=256, layers=4, heads=8, kv_heads=4, head_dim=32,
+                         intermediate=768),
+    "qwen3-0.6b": ModelConfig(vocab_size=151936, hidden=1024, layers=28, heads=16, kv_heads=8,
+                              head_dim=128, intermediate=3072, tie_embeddings=True,
+                              mrope_section=(24, 20, 20)),
+    "qwen3-1.7b": ModelConfig(vocab_size=151936, hidden=2048, layers=28, heads=16, kv_heads=8,
+                              head_dim=128, intermediate=6144, tie_embeddings=True,
+                              mrope_section=(24, 20, 20)),
+    "qwen3-8b": ModelConfig(vocab_size=151936, hidden=4096, layers=36, heads=32, kv_heads=8,
+                            head_dim=128, intermediate=12288, tie_embeddings=False,
+                            mrope_section=(24, 20, 20)),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    """A copy of preset `name` with `overrides` applied (vision may be a dict or VisionConfig)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    base = PRESETS[name]
+    cfg = replace(base, **{k: v for k, v in overrides.items() if k != "vision"})
+    if "vision" in overrides:
+        vision = overrides["vision"]
+        cfg.vision = VisionConfig(**vision) if isinstance(vision, dict) else vision
+    cfg.__post_init__()
+    return cfg
+
+
+__all__ = ["ModelConfig", "VisionConfig", "PRESETS", "preset"]

@@ -1,0 +1,37 @@
+"""Rotary angles for 1D text positions and multi-axis positions (video (t, h, w), image (h, w)).
+
+The `head_dim // 2` frequency pairs are split into contiguous sections, one per position axis
+(Qwen2-VL's M-RoPE layout): pair i takes its position from the axis whose section contains i.
+When every axis carries the same position (text tokens), this is exactly 1D rotary.
+Returns cos, sin of shape (B, S, head_dim // 2) for `framelab.kernels.apply_rotary`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, theta: float, sections: tuple[int, ...] | None = None):
+        super().__init__()
+        half = head_dim // 2
+        sections = tuple(sections) if sections else (half,)
+        if sum(sections) != half:
+            raise ValueError(f"rotary sections {sections} must sum to head_dim // 2 = {half}")
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        axis = torch.tensor([i for i, n in enumerate(sections) for _ in range(n)], dtype=torch.long)
+        self.sections = sections
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("axis", axis, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: (B, S) shared by every axis, or (n_axes, B, S)."""
+        if positions.dim() == 2:
+            angles = positions.unsqueeze(-1).float() * self.inv_freq
+        else:
+            if positions.shape[0] != len(self.sections):
+                raise ValueError(f"positions have {positions.shape[0]} axes, rotary sections "
+                                 f"{self.sections} need {len(self.sections)}")
+            per_pair = positions.permute(1, 2, 0).float()[..., self.axis]  # (B, S, half)
+            angles = per_pair * self.inv_freq
+        return angles.cos(), angles.sin()
