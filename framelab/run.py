@@ -1,0 +1,134 @@
+"""`framelab fit|validate|test|predict`: compose the Hydra config, build everything, run the verb.
+
+The command line is checked first (`framelab.config_check`), so mistakes end in one line; then
+Hydra's own `main` runs the job (or the sweep, with `-m`), which gives run directories, `--cfg job`
+and the sweepers for free. Inside the job: seed, datamodule, LightningModule, callbacks, loggers and
+Trainer are instantiated from the config, the resolved config is written to the run directory as
+`config.yaml`, and the verb runs. `fit` returns the monitored metric (what a sweeper optimises).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from framelab.errors import UserError
+
+log = logging.getLogger("framelab")
+# flags that belong to Hydra itself and take a value
+HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun"}
+HYDRA_FLAGS = {"-m", "--multirun", "--resolve", "-h", "--help", "--hydra-help", "--shell-completion",
+               "-sc", "--version"}
+
+
+def split_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """(hydra flags, overrides) of a command line."""
+    flags, overrides, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a in HYDRA_VALUE_FLAGS and i + 1 < len(args) and "=" not in args[i + 1]:
+            flags += [a, args[i + 1]]
+            i += 2
+            continue
+        (flags if a.startswith("-") else overrides).append(a)
+        i += 1
+    return flags, overrides
+
+
+def run_verb(verb: str, args: list[str]) -> int:
+    from framelab.config_check import check, config_dir
+
+    flags, overrides = split_args(args)
+    try:
+        if not {"-h", "--help", "--hydra-help", "--info"} & set(flags):
+            check(overrides)
+        directory = str(config_dir())
+    except UserError as exc:
+        print(f"framelab: error: {exc}", file=sys.stderr)
+        return 2
+    import hydra
+
+    @hydra.main(config_path=directory, config_name="fit", version_base="1.3")
+    def job(cfg):
+        try:
+            return execute(verb, cfg)
+        except UserError as exc:
+            print(f"framelab: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    saved = sys.argv
+    sys.argv = ["framelab", *flags, *overrides]
+    try:
+        job()
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def resolve_precision(value: str, accelerator: str) -> str:
+    import torch
+
+    if value != "auto":
+        return value
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def _instantiate_dict(group) -> list:
+    from hydra.utils import instantiate
+
+    return [instantiate(c, _convert_="all") for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
+def execute(verb: str, cfg):
+    import lightning as L
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from framelab.checkpoints import resolve_ckpt_path
+    from framelab.kernels.attention import set_attention_backend
+
+    logging.getLogger("lightning.pytorch").propagate = False  # it has its own console handler
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    set_attention_backend(cfg.model.get("attn_backend", "auto"))
+    _set_kernel_backend(cfg.model.get("kernels", "auto"))
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    module = instantiate(cfg.module, _convert_="all")
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "auto"),
+                                                 trainer_cfg.get("accelerator", "auto"))
+    loggers = _instantiate_dict(cfg.get("logger"))
+    trainer = instantiate(trainer_cfg, callbacks=_instantiate_dict(cfg.get("callbacks")),
+                          logger=loggers or False, default_root_dir=str(run_dir))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    if ckpt_path:
+        log.warning("resuming from %s", ckpt_path)
+    log.warning("run directory: %s", run_dir)
+    if verb == "fit":
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    elif verb == "validate":
+        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    elif verb == "test":
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    else:
+        trainer.predict(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    value = trainer.callback_metrics.get(cfg.get("monitor"))
+    return float(value) if value is not None else None
+
+
+def _set_kernel_backend(name: str) -> None:
+    try:
+        from framelab.kernels.dispatch import set_kernel_backend
+    except ImportError:  # dispatch arrives with the fused kernels; references need none
+        if name not in ("auto", "torch"):
+            raise UserError(f"model.kernels={name!r}: only 'auto' and 'torch' exist in this build")
+        return
+    set_kernel_backend(name)
