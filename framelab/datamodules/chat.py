@@ -1,0 +1,99 @@
+"""Qwen-style chat template with vision placeholders and loss masks.
+
+    <|im_start|>system\n{system}<|im_end|>\n            (only when a system prompt is given)
+    <|im_start|>user\n{text, <video> -> vision block}<|im_end|>\n
+    <|im_start|>assistant\n{reply}<|im_end|>\n
+
+A vision block is <|vision_start|> + N x <|video_pad|> + <|vision_end|>, with
+N = (T/2) * (H/p/2) * (W/p/2) for a video of T frames of H x W pixels, patch p, temporal patch 2
+and 2x2 spatial merge (`vision_tokens`). Labels are unshifted: an assistant reply and its closing
+<|im_end|> carry loss (label = input id); everything else, including the assistant header, is -100.
+"""
+from __future__ import annotations
+
+import re
+
+from framelab.datamodules.special_tokens import (IM_END, IM_START, MEDIA_PLACEHOLDERS, VIDEO_PAD,
+                                                 VISION_END, VISION_START)
+
+IGNORE = -100
+_MEDIA = re.compile("|".join(re.escape(p) for p in MEDIA_PLACEHOLDERS))
+
+
+def vision_tokens(frames: int, height: int, width: int, patch: int) -> int:
+    """Vision tokens of a (frames, height, width) video: temporal patch 2, spatial merge 2x2."""
+    if frames % 2 or height % (2 * patch) or width % (2 * patch):
+        raise ValueError(f"video of {frames} frames of {height}x{width} does not tile into "
+                         f"2 frames x {2 * patch} x {2 * patch} pixels")
+    return (frames // 2) * (height // patch // 2) * (width // patch // 2)
+
+
+def normalise_messages(messages: list, videos: int) -> list:
+    """Messages as [{"role", "content"}] with exactly `videos` placeholders: when a conversation has
+    none, one per video is prepended to the first user turn. More placeholders than videos is an
+    error (ValueError)."""
+    out = [{"role": m["role"], "content": m["content"]} for m in messages]
+    found = sum(len(_MEDIA.findall(m["content"])) for m in out)
+    if found == 0 and videos:
+        first = next((m for m in out if m["role"] == "user"), None)
+        if first is None:
+            raise ValueError("conversation has no user turn to attach its video to")
+        first["content"] = "<video>\n" * videos + first["content"]
+    elif found != videos:
+        raise ValueError(f"conversation has {found} media placeholders but the sample has {videos} video(s)")
+    return out
+
+
+class ChatEncoder:
+    """Turns conversations into (input_ids, labels) with a given `tokenizers.Tokenizer`."""
+
+    def __init__(self, tokenizer, system_prompt: str | None = None):
+        self.tok = tokenizer
+        self.system_prompt = system_prompt
+        self.im_start = tokenizer.token_to_id(IM_START)
+        self.im_end = tokenizer.token_to_id(IM_END)
+        self.vstart = tokenizer.token_to_id(VISION_START)
+        self.vend = tokenizer.token_to_id(VISION_END)
+        self.vpad = tokenizer.token_to_id(VIDEO_PAD)
+        self.newline = self._text("\n")
+        self._header_cache: dict[str, list[int]] = {}
+
+    def _text(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids if text else []
+
+    def _header(self, role: str) -> list[int]:
+        if role not in self._header_cache:
+            self._header_cache[role] = [self.im_start] + self._text(f"{role}\n")
+        return self._header_cache[role]
+
+    def _content(self, text: str, counts: list[int]) -> list[int]:
+        ids: list[int] = []
+        pieces = _MEDIA.split(text)
+        for k, piece in enumerate(pieces):
+            ids += self._text(piece)
+            if k < len(pieces) - 1:
+                ids += [self.vstart] + [self.vpad] * counts.pop(0) + [self.vend]
+        return ids
+
+    def encode(self, messages: list, vision_counts: list[int],
+               add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) of a conversation whose placeholders get `vision_counts` tokens each,
+        in order. With add_generation_prompt the assistant header is appended (for generation)."""
+        counts = list(vision_counts)
+        messages = normalise_messages(messages, len(counts))
+        if self.system_prompt and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": self.system_prompt}] + messages
+        ids: list[int] = []
+        labels: list[int] = []
+        for m in messages:
+            head = self._header(m["role"])
+            body = self._content(m["content"], counts) + [self.im_end]
+            ids += head + body + self.newline
+            trained = m["role"] == "assistant"
+            labels += [IGNORE] * len(head) + (body if trained else [IGNORE] * len(body))
+            labels += [IGNORE] * len(self.newline)
+        if add_generation_prompt:
+            head = self._header("assistant")
+            ids += head
+            labels += [IGNORE] * len(head)
+        return ids, labels

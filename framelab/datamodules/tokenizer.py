@@ -1,0 +1,86 @@
+"""Text tokenizers (Hugging Face `tokenizers`): the world tokenizer framelab trains, or any local
+tokenizer.json, both with framelab's special tokens registered.
+
+The world tokenizer is a byte-level BPE trained on text of every task and split (questions,
+options, answers, hints), so it encodes any string and is small (default 1024 ids). It is trained
+once per recipe version and vocabulary size and cached as `<cache_dir>/tokenizer-<recipe>-<V>/
+tokenizer.json`.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from framelab.datamodules.special_tokens import MEDIA_PLACEHOLDERS, SPECIAL_TOKENS
+from framelab.errors import UserError
+from framelab.world import RECIPE_VERSION
+from framelab.world.scene import SPLITS
+from framelab.world.tasks import TASKS, make_sample
+
+
+def world_corpus(samples_per_task: int = 64) -> list[str]:
+    """Text of `samples_per_task` samples of every task and split (generated without rendering)."""
+    texts = []
+    for task in TASKS:
+        params = {"lengths": [64]} if task == "needle" else {}
+        for split in SPLITS:
+            for i in range(samples_per_task):
+                s = make_sample(task, split, i, params, render=False)
+                for turn in s.conversation:
+                    text = turn["content"]
+                    for ph in MEDIA_PLACEHOLDERS:
+                        text = text.replace(ph, "")
+                    texts.append(text.strip())
+                if "hint" in s.meta:
+                    texts.append(s.meta["hint"])
+    return texts
+
+
+def train_world_tokenizer(vocab_size: int = 1024, samples_per_task: int = 64) -> Tokenizer:
+    """A byte-level BPE tokenizer trained on the world's text; special tokens take ids 0..k-1."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(world_corpus(samples_per_task), trainer=trainer)
+    return tok
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """A local tokenizer.json (e.g. Qwen3's) with framelab's special tokens added where missing."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "tokenizer.json"
+    if not p.is_file():
+        raise UserError(f"tokenizer file {p} not found; give the path of a tokenizer.json "
+                        "(or of the folder holding one), or leave tokenizer_path empty for the world tokenizer")
+    try:
+        tok = Tokenizer.from_file(str(p))
+    except Exception as e:  # noqa: BLE001 - the library raises bare Exceptions on bad files
+        raise UserError(f"cannot read tokenizer {p}: {str(e).splitlines()[0]}; expected a "
+                        "Hugging Face tokenizers JSON file") from None
+    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+    if missing:
+        tok.add_special_tokens(missing)
+    return tok
+
+
+def ensure_tokenizer(cache_dir: str | os.PathLike, tokenizer_path: str | None = None,
+                     vocab_size: int = 1024) -> Tokenizer:
+    """The tokenizer at `tokenizer_path`, or the cached world tokenizer (trained on first use)."""
+    if tokenizer_path:
+        return load_tokenizer(tokenizer_path)
+    folder = Path(cache_dir) / f"tokenizer-{RECIPE_VERSION}-{vocab_size}"
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        os.close(fd)
+        train_world_tokenizer(vocab_size).save(tmp)
+        os.replace(tmp, path)  # atomic: concurrent ranks never see a half-written file
+    return load_tokenizer(path)

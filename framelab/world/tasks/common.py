@@ -1,0 +1,96 @@
+"""What every task produces (`Sample`) and the helpers tasks share to phrase questions.
+
+A sample is media (frames) + a chat conversation + JSON metadata + ground-truth arrays. The user's
+turn carries a `<video>` (or `<image>`) placeholder where the visual input goes; datamodules expand
+it into vision tokens. Multiple-choice questions list options A-D and expect the letter; open
+questions expect a single word, number or span.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from framelab.world.physics import Trajectory
+from framelab.world.render import boxes
+from framelab.world.scene import Obj
+
+LETTERS = "ABCD"
+MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
+OPEN_SUFFIX = "Answer with a single word or phrase."
+
+
+@dataclass
+class Sample:
+    """One generated example. frames: uint8 (T, H, W, 3) or None when not rendered; extra_frames:
+    other clips that belong to it (e.g. "future"); gt: ground-truth arrays (pos, vel, visible,
+    boxes, ...); meta: JSON-able task facts (answer, choices, spans, objects, events, ...)."""
+    key: str
+    task: str
+    split: str
+    index: int
+    fps: float
+    conversation: list
+    meta: dict
+    frames: np.ndarray | None = None
+    extra_frames: dict = field(default_factory=dict)
+    gt: dict = field(default_factory=dict)
+
+    def annotation(self) -> dict:
+        """The JSON document stored with the sample in a shard."""
+        n = 0 if self.frames is None else int(self.frames.shape[0])
+        return {"key": self.key, "task": self.task, "split": self.split, "index": self.index,
+                "fps": self.fps, "num_frames": n, "conversations": self.conversation,
+                "meta": self.meta}
+
+
+def sample_key(task: str, split: str, index: int) -> str:
+    """Shard key: letters, digits and underscores only (WebDataset splits names at the first dot)."""
+    return f"{task}_{split}_{index:09d}"
+
+
+def ask(rng: np.random.Generator, question: str, correct: str, pool, mcq_prob: float,
+        media: str = "<video>") -> tuple[list, dict]:
+    """A two-turn conversation asking `question`, multiple choice with probability `mcq_prob`
+    (three distractors from `pool`) or open. Returns (conversation, answer metadata)."""
+    if rng.random() < mcq_prob:
+        others = [p for p in pool if p != correct]
+        picked = [others[i] for i in rng.permutation(len(others))[:len(LETTERS) - 1]]
+        choices = picked + [correct]
+        choices = [choices[i] for i in rng.permutation(len(choices))]
+        letter = LETTERS[choices.index(correct)]
+        lines = [question] + [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)] + [MCQ_SUFFIX]
+        meta = {"format": "mcq", "answer": letter, "answer_text": correct, "choices": choices}
+        prompt, reply = "\n".join(lines), letter
+    else:
+        meta = {"format": "open", "answer": correct, "answer_text": correct, "choices": []}
+        prompt, reply = f"{question}\n{OPEN_SUFFIX}", correct
+    conv = [{"role": "user", "content": f"{media}\n{prompt}"},
+            {"role": "assistant", "content": reply}]
+    return conv, meta
+
+
+def scene_meta(objs: list[Obj], traj: Trajectory) -> dict:
+    """Object list and event list for the sample's JSON."""
+    return {"objects": [o.describe() for o in objs], "events": traj.events}
+
+
+def ground_truth(objs: list[Obj], traj: Trajectory) -> dict:
+    """Per-frame arrays: pos/vel (T, n, 2), visible (T, n), boxes (T, n, 4) in [0, 1]."""
+    return {"pos": traj.pos, "vel": traj.vel, "visible": traj.visible, "boxes": boxes(objs, traj)}
+
+
+def direction(traj: Trajectory, i: int, start: int, span: int = 4) -> str | None:
+    """Dominant direction of object i over frames [start, start + span] when unambiguous (no wall
+    hit or collision in between and one axis clearly dominates), else None."""
+    end = min(start + span, traj.frames - 1)
+    if end <= start:
+        return None
+    if any(start < e["t"] <= end and i in e["objects"] for e in traj.events):
+        return None
+    dx, dy = traj.pos[end, i] - traj.pos[start, i]
+    if max(abs(dx), abs(dy)) < 1.5 * min(abs(dx), abs(dy)) + 1e-6:
+        return None
+    if abs(dx) > abs(dy):
+        return "right" if dx > 0 else "left"
+    return "down" if dy > 0 else "up"

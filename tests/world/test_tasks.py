@@ -1,0 +1,96 @@
+"""Task generators: determinism, split seeds, answers consistent with ground truth."""
+import numpy as np
+import pytest
+
+from framelab.world.scene import SPLIT_STRIDE, SPLITS, sample_seed
+from framelab.world.tasks import TASKS, make_sample
+from framelab.world.tasks.common import LETTERS
+from framelab.world.tasks.cue import highlight
+from framelab.world.vocab import HELD_OUT_PAIRS, class_id, region_of
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_deterministic_from_split_and_index(task):
+    a, b = make_sample(task, "train", 5), make_sample(task, "train", 5)
+    assert np.array_equal(a.frames, b.frames) and a.conversation == b.conversation and a.meta == b.meta
+    c = make_sample(task, "val", 5)
+    assert not np.array_equal(a.frames, c.frames) or a.conversation != c.conversation
+
+
+def test_split_seed_ranges_are_disjoint():
+    seeds = {s: {sample_seed(s, i) for i in range(0, SPLIT_STRIDE, SPLIT_STRIDE // 1000)} for s in SPLITS}
+    for i, s in enumerate(SPLITS):
+        for t in SPLITS[:i]:
+            assert not seeds[s] & seeds[t]
+    with pytest.raises(ValueError):
+        sample_seed("train", SPLIT_STRIDE)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_conversation_and_answer_shape(task):
+    for i in range(12):
+        s = make_sample(task, "train", i)
+        user, reply = s.conversation
+        assert user["role"] == "user" and reply["role"] == "assistant"
+        assert user["content"].startswith("<video>" if task != "images" else "<image>")
+        assert s.frames.dtype == np.uint8 and s.frames.ndim == 4
+        if s.meta.get("format") == "mcq":
+            assert reply["content"] in LETTERS
+            assert s.meta["choices"][LETTERS.index(reply["content"])] == s.meta["answer_text"]
+            assert len(set(s.meta["choices"])) == 4
+        else:
+            assert reply["content"] == s.meta["answer"]
+
+
+def test_ood_asks_about_held_out_pairs_and_in_domain_never_does():
+    for i in range(20):
+        for task in ("describe", "needle", "future", "images"):
+            s = make_sample(task, "ood", i)
+            o = s.meta["objects"][0] if task != "images" else s.meta
+            assert (o["shape"], o["colour"]) in HELD_OUT_PAIRS
+            s = make_sample(task, "train", i)
+            objs = s.meta["objects"] if task != "images" else [s.meta]
+            assert not any((o["shape"], o["colour"]) in HELD_OUT_PAIRS for o in objs)
+
+
+def test_needle_grid_span_and_visibility():
+    params = {"lengths": [64, 2048], "depths": [0.0, 0.5, 1.0]}
+    s = make_sample("needle", "train", 5, params)  # cell 5: length 2048, depth 1.0
+    assert s.meta["length"] == 2048 and s.meta["depth"] == 1.0 and len(s.frames) == 2048
+    t0, t1 = s.meta["needle_frames"]
+    assert t1 == 2048 and s.gt["visible"][:, 0].sum() == t1 - t0
+    assert s.meta["spans"] == [[t0 / s.fps, t1 / s.fps]]
+    s0 = make_sample("needle", "train", 0, params)
+    assert s0.meta["needle_frames"][0] == 0
+
+
+def test_future_keeps_future_frames_and_answers_from_ground_truth():
+    kinds = set()
+    for i in range(30):
+        s = make_sample("future", "train", i)
+        seen, ahead = s.meta["observed"], s.meta["future"]
+        assert s.frames.shape[0] == seen and s.extra_frames["future"].shape[0] == ahead
+        assert s.meta["hint"].startswith("After the clip")
+        kinds.add(s.meta["qtype"])
+        if s.meta["qtype"] == "region":
+            k = int(s.conversation[0]["content"].split(" be in ")[1].split(" frames")[0])
+            x, y = s.gt["pos"][seen - 1 + k, 0]
+            assert region_of(x, y) == s.meta["answer_text"]
+    assert kinds == {"region", "collide", "wall"}
+
+
+def test_cue_evidence_matches_target_and_highlight():
+    s = make_sample("cue", "train", 3)
+    cue = s.meta["cue"]
+    assert cue["frames"] == np.flatnonzero(s.gt["visible"][:, cue["object"]]).tolist()
+    assert s.meta["objects"][cue["object"]]["size"] == "small"
+    same = [o for o in s.meta["objects"] if o["shape"] == s.meta["objects"][cue["object"]]["shape"]]
+    assert sum(o["size"] == "small" for o in same) == 1
+    teacher = highlight(s.frames, cue)
+    assert teacher.shape == s.frames.shape and teacher.sum() < s.frames.sum()
+
+
+def test_images_label_is_class_of_object():
+    s = make_sample("images", "train", 2, {"size": 32})
+    assert s.frames.shape == (1, 32, 32, 3)
+    assert s.meta["label"] == class_id(s.meta["shape"], s.meta["colour"])
