@@ -90,6 +90,7 @@ def execute(verb: str, cfg):
     from omegaconf import OmegaConf
 
     from framelab.checkpoints import resolve_ckpt_path
+    from framelab.kernels import set_kernel_backend
     from framelab.kernels.attention import set_attention_backend
 
     logging.getLogger("lightning.pytorch").propagate = False  # it has its own console handler
@@ -97,8 +98,11 @@ def execute(verb: str, cfg):
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    set_attention_backend(cfg.model.get("attn_backend", "auto"))
-    _set_kernel_backend(cfg.model.get("kernels", "auto"))
+    try:
+        set_attention_backend(cfg.model.get("attn_backend", "auto"))
+        set_kernel_backend(cfg.model.get("kernels", "auto"))
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
 
     datamodule = instantiate(cfg.data, _convert_="all")
     module = instantiate(cfg.module, _convert_="all")
@@ -123,12 +127,3 @@ def execute(verb: str, cfg):
     value = trainer.callback_metrics.get(cfg.get("monitor"))
     return float(value) if value is not None else None
 
-
-def _set_kernel_backend(name: str) -> None:
-    try:
-        from framelab.kernels.dispatch import set_kernel_backend
-    except ImportError:  # dispatch arrives with the fused kernels; references need none
-        if name not in ("auto", "torch"):
-            raise UserError(f"model.kernels={name!r}: only 'auto' and 'torch' exist in this build")
-        return
-    set_kernel_backend(name)
