@@ -1,0 +1,169 @@
+"""What both streaming datamodules share: where each split's shards come from (the embedded
+world's cache or real shard folders), lock-step loaders, the resumable data position and skip
+logging.
+
+Data position: `state_dict()` holds the training stream's epoch and the number of samples consumed
+in it by all ranks together (plus counters). Lightning stores it in checkpoints and gives it back
+through `load_state_dict()`; the next training loader continues from there with the same or
+another number of workers and ranks (see stream.py and lockstep.py for why that is exact).
+The position is taken from each training batch as Lightning hands it over
+(`on_before_batch_transfer`); if the LightningModule overrides that hook too, Lightning calls the
+datamodule's and warns. Plain loops call `dm.on_before_batch_transfer(batch, 0)` themselves.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+
+from framelab.datamodules.lockstep import LockstepLoader, StreamState
+from framelab.datamodules.reader import ShardSet
+from framelab.datamodules.stream import SampleStream
+from framelab.datamodules.synth import ensure_world_shards, resolve_cache_dir
+from framelab.errors import UserError
+from framelab.world.scene import SPLITS
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers fork after the tokenizer is built
+
+
+class StreamingDataModule(L.LightningDataModule):
+    """Base class; subclasses define `_transform(split)`, `_plan(train)` and `_collate()`."""
+
+    def __init__(self, *, tasks, task_params, samples, shards, data_dir, cache_dir, test_splits,
+                 frames_format, world_seed, seed, shuffle, num_workers, max_skip_rate, skip_check_after):
+        super().__init__()
+        self.tasks = [tasks] if isinstance(tasks, str) else list(tasks or [])
+        self.task_params = dict(task_params or {})
+        self.samples = samples
+        self.shards = shards
+        self.data_dir = data_dir
+        self.cache_dir = resolve_cache_dir(cache_dir)
+        self.test_splits = [test_splits] if isinstance(test_splits, str) else list(test_splits)
+        self.frames_format = frames_format
+        self.world_seed = world_seed
+        self.seed = seed
+        self.shuffle = shuffle
+        self.num_workers = num_workers
+        self.max_skip_rate = max_skip_rate
+        self.skip_check_after = skip_check_after
+        self.state = StreamState()
+        self._sets: dict[str, ShardSet | None] = {}
+        self._logged_skips = 0
+        if data_dir is None and not self.tasks:
+            raise UserError("datamodule needs either data_dir (real shards) or tasks (embedded world)")
+        unknown = [s for s in self.test_splits if s not in SPLITS]
+        if unknown:
+            raise UserError(f"test_splits {unknown} unknown; choose from {list(SPLITS)}")
+
+    # ----------------------------------------------------------------- where the shards are
+    def _split_samples(self, split: str) -> int:
+        if isinstance(self.samples, int):
+            return self.samples if split == "train" else max(1, self.samples // 8)
+        return int(self.samples.get(split, 0))
+
+    def _folders(self, split: str) -> list[Path]:
+        """Shard folders of a split ([] when the split has no data)."""
+        if self.data_dir is not None:
+            return self._real_folders(split)
+        n = self._split_samples(split)
+        if n <= 0:
+            return []
+        return [ensure_world_shards(self.cache_dir, task, split, n, self.shards, self.task_params.get(task),
+                                    self.frames_format, self.world_seed, progress=True)
+                for task in self.tasks]
+
+    def _real_folders(self, split: str) -> list[Path]:
+        spec = self.data_dir
+        if isinstance(spec, (str, os.PathLike)):
+            root = Path(spec)
+            if not root.exists():
+                raise UserError(f"data_dir {root} does not exist; give a folder of shards "
+                                "(from `framelab data pack`) or one with train/ val/ test/ sub-folders")
+            if (root / split).is_dir():
+                return [root / split]
+            return [root] if split == "train" else []
+        paths = spec.get(split) if hasattr(spec, "get") else None
+        if paths is None:
+            return []
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        return [Path(p) for p in paths]
+
+    def shard_set(self, split: str) -> ShardSet | None:
+        if split not in self._sets:
+            folders = self._folders(split)
+            self._sets[split] = ShardSet(folders) if folders else None
+        return self._sets[split]
+
+    def prepare_data(self) -> None:
+        """Generate the embedded world's shards (first use only); called on one process per node."""
+        if self.data_dir is None:
+            for split in ["train", "val"] + self.test_splits:
+                self._folders(split)
+
+    # ----------------------------------------------------------------- loaders
+    def _loader(self, split: str, train: bool):
+        shards = self.shard_set(split)
+        if shards is None:
+            return None
+        if train and self.state.num_samples not in (None, len(shards)):
+            raise UserError(f"the data position in the checkpoint was saved for {self.state.num_samples} "
+                            f"training samples but the training set now has {len(shards)}; resume with "
+                            "the same data, or start a new run")
+        if train:
+            self.state.num_samples = len(shards)
+        stream = SampleStream(shards, self._transform(split), self.seed, self.shuffle and train)
+        state = self.state if train else StreamState()
+        return LockstepLoader(stream, self._plan(train), self._collate(), state,
+                              num_workers=self.num_workers, track_position=train,
+                              max_skip_rate=self.max_skip_rate, skip_check_after=self.skip_check_after)
+
+    def train_dataloader(self):
+        loader = self._loader("train", train=True)
+        if loader is None:
+            raise UserError("no training data: set data.samples.train > 0 or give data_dir with shards")
+        return loader
+
+    def val_dataloader(self):
+        loader = self._loader("val", train=False)
+        return [] if loader is None else loader
+
+    def test_dataloader(self):
+        loaders = [x for x in (self._loader(s, train=False) for s in self.test_splits) if x is not None]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def predict_dataloader(self):
+        return self.test_dataloader()
+
+    # ----------------------------------------------------------------- position and skips
+    def state_dict(self) -> dict:
+        st = self.state
+        return {"epoch": st.epoch, "consumed": st.consumed, "num_samples": st.num_samples,
+                "seed": self.seed, "skipped": st.skipped, "seen": st.seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise UserError(f"checkpoint data seed {state['seed']} differs from data.seed {self.seed}; "
+                            "resume with the same seed for an exact data order")
+        self.state.epoch, self.state.consumed = int(state["epoch"]), int(state["consumed"])
+        self.state.num_samples = state.get("num_samples")
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(epoch, samples consumed in it by all ranks) after the last batch handed over."""
+        return self.state.epoch, self.state.consumed
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, dict):
+            pos = batch.pop("_position", None)
+            if pos is not None:
+                self.state.epoch, self.state.consumed = pos
+                self._log_skips()
+        return batch
+
+    def _log_skips(self) -> None:
+        trainer = getattr(self, "trainer", None)
+        if self.state.skipped == self._logged_skips or trainer is None or trainer.logger is None:
+            return
+        self._logged_skips = self.state.skipped
+        trainer.logger.log_metrics({"data/skipped": float(self.state.skipped)}, step=trainer.global_step)

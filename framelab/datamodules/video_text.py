@@ -1,0 +1,163 @@
+"""VideoTextDataModule: video (or image) + conversation samples as token sequences for a video LLM.
+
+Per sample (in DataLoader workers): read the annotation and frames, choose frames (uniform / by fps /
+all) under the current max-frames budget, resize to image_size, count vision tokens
+N = (T/2)(H/p/2)(W/p/2), and encode the conversation with the Qwen-style chat template (prompt
+masked from the loss). Per step (main process): pack several samples into one row up to
+max_tokens without cutting any (cu_seqlens), or pad a fixed number of samples per row.
+
+Batch (dict): input_ids (B, S) long; labels (B, S) long, unshifted, -100 where no loss;
+attention_mask (B, S) when not packed; cu_seqlens (n_docs + 1,) int32 when packed (B = 1; with
+pad_to_multiple_of the padding is one extra trailing document); videos: list of float32 (T, 3, H, W)
+in [0, 1], T even, in order of their vision blocks; future_videos when load_future; sample_ids;
+meta (task, answer, choices, spans, ... per sample). A sample too long for max_tokens even at
+2 frames is skipped as "too_long"; otherwise its frames are reduced until it fits.
+
+The max-frames budget lives in shared memory: `set_max_frames(n)` (e.g. from a curriculum callback)
+reaches running workers; batches already prefetched keep the old budget. Workers are never
+persistent (each epoch's workers are configured with that epoch's start position).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from framelab.datamodules.base import StreamingDataModule
+from framelab.datamodules.chat import ChatEncoder, vision_tokens
+from framelab.datamodules.collate import batch_size_plan, collate_packed, collate_padded, token_budget_plan
+from framelab.datamodules.decode import SAMPLING, FrameSource, annotation, select_frames, to_tensor
+from framelab.datamodules.reader import SampleError
+from framelab.datamodules.special_tokens import PAD, special_token_ids
+from framelab.datamodules.tokenizer import ensure_tokenizer
+from framelab.errors import UserError
+
+
+class VideoTransform:
+    """Worker-side: shard members -> tokenized item (see module docstring)."""
+
+    def __init__(self, encoder: ChatEncoder, size: tuple[int, int], patch: int, sampling: str,
+                 sample_fps: float, budget: torch.Tensor, max_tokens: int, load_future: bool):
+        self.encoder, self.size, self.patch = encoder, size, patch
+        self.sampling, self.sample_fps, self.budget = sampling, sample_fps, budget
+        self.max_tokens, self.load_future = max_tokens, load_future
+
+    def __call__(self, members: dict, ref) -> dict:
+        ann = annotation(members)
+        conv = ann.get("conversations")
+        if not isinstance(conv, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in conv):
+            raise SampleError("bad_json", "conversations must be a list of {role, content}")
+        source = FrameSource(members, "", ann.get("num_frames"))
+        limit = int(self.budget[0])
+        try:
+            base = len(self.encoder.encode(conv, [0])[0])
+        except ValueError as e:
+            raise SampleError("bad_conversation", str(e)) from None
+        if self.max_tokens:
+            per_pair = vision_tokens(2, *self.size, self.patch)
+            fit = 2 * ((self.max_tokens - base) // per_pair)
+            if fit < 2:
+                raise SampleError("too_long", f"{base} text tokens leave no room for 2 frames")
+            limit = min(limit, fit)
+        index = select_frames(source.count, self.sampling, limit, ann.get("fps"), self.sample_fps)
+        video = to_tensor(source.get(index), self.size)
+        ids, labels = self.encoder.encode(conv, [vision_tokens(len(index), *self.size, self.patch)])
+        meta = {"task": ann.get("task"), "key": ref.key, "fps": ann.get("fps"), "frame_indices": index,
+                **(ann.get("meta") or {})}
+        item = {"input_ids": np.asarray(ids, np.int32), "labels": np.asarray(labels, np.int32),
+                "video": video, "num_tokens": len(ids), "meta": meta}
+        if self.load_future:
+            try:
+                future = FrameSource(members, "future.")
+            except SampleError:
+                raise SampleError("missing_future", "load_future is set but the sample has no future frames") from None
+            pick = list(range(future.count)) + ([future.count - 1] if future.count % 2 else [])
+            item["future"] = to_tensor(future.get(pick), self.size)
+        return item
+
+
+class VideoTextDataModule(StreamingDataModule):
+    """Streams video-text shards as token batches; see the module docstring and configs/data/*.yaml."""
+
+    def __init__(self, tasks=("describe",), task_params: dict | None = None, samples=None, shards: int = 4,
+                 data_dir=None, cache_dir: str | None = None, test_splits=("test",),
+                 frames_format: str = "npy", world_seed: int = 0, tokenizer_path: str | None = None,
+                 tokenizer_vocab_size: int = 1024, system_prompt: str | None = None,
+                 image_size=32, patch_size: int = 8, frame_sampling: str = "uniform",
+                 max_frames: int = 16, sample_fps: float = 2.0, pack: bool = True,
+                 max_tokens: int = 2048, max_samples_per_pack: int = 0, pad_to_multiple_of: int = 0,
+                 batch_size: int = 4, load_future: bool = False, num_workers: int = 0, seed: int = 0,
+                 shuffle: bool = True, max_skip_rate: float = 0.05, skip_check_after: int = 64):
+        super().__init__(tasks=tasks, task_params=task_params,
+                         samples=samples if samples is not None else {"train": 512, "val": 64, "test": 64, "ood": 64},
+                         shards=shards, data_dir=data_dir, cache_dir=cache_dir, test_splits=test_splits,
+                         frames_format=frames_format, world_seed=world_seed, seed=seed, shuffle=shuffle,
+                         num_workers=num_workers, max_skip_rate=max_skip_rate, skip_check_after=skip_check_after)
+        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if any(s % (2 * patch_size) for s in self.image_size):
+            raise UserError(f"data.image_size {self.image_size} must be a multiple of 2 x patch_size "
+                            f"= {2 * patch_size} (temporal-spatial patches are merged 2x2)")
+        if frame_sampling not in SAMPLING:
+            raise UserError(f"data.frame_sampling {frame_sampling!r} unknown; choose one of {SAMPLING}")
+        if pack and max_tokens <= 0:
+            raise UserError("data.max_tokens must be > 0 when data.pack is true")
+        self.patch_size, self.frame_sampling, self.sample_fps = patch_size, frame_sampling, sample_fps
+        self.pack, self.max_tokens, self.max_samples_per_pack = pack, max_tokens, max_samples_per_pack
+        self.pad_to_multiple_of, self.batch_size, self.load_future = pad_to_multiple_of, batch_size, load_future
+        self.tokenizer_path, self.tokenizer_vocab_size = tokenizer_path, tokenizer_vocab_size
+        self.system_prompt = system_prompt
+        self._budget = torch.tensor([max_frames], dtype=torch.int64).share_memory_()
+        self.tokenizer = None
+        self.encoder: ChatEncoder | None = None
+        self.special_ids: dict[str, int] = {}
+
+    # tokenizer ------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        ensure_tokenizer(self.cache_dir, self.tokenizer_path, self.tokenizer_vocab_size)
+        super().prepare_data()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = ensure_tokenizer(self.cache_dir, self.tokenizer_path, self.tokenizer_vocab_size)
+            self.special_ids = special_token_ids(self.tokenizer)
+            self.encoder = ChatEncoder(self.tokenizer, self.system_prompt)
+
+    @property
+    def vocab_size(self) -> int:
+        if self.tokenizer is None:
+            self.setup()
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def pad_id(self) -> int:
+        return self.special_ids[PAD]
+
+    # frame budget ---------------------------------------------------------------------------
+    @property
+    def max_frames(self) -> int:
+        return int(self._budget[0])
+
+    def set_max_frames(self, n: int) -> None:
+        """Change the frame budget for samples decoded from now on (running workers included)."""
+        if n < 2:
+            raise UserError(f"max_frames must be >= 2, got {n}")
+        self._budget[0] = int(n)
+
+    # pieces for the base class ----------------------------------------------------------------
+    def _transform(self, split: str) -> VideoTransform:
+        self.setup()
+        return VideoTransform(self.encoder, self.image_size, self.patch_size, self.frame_sampling,
+                              self.sample_fps, self._budget, self.max_tokens if self.pack else 0,
+                              self.load_future)
+
+    def _plan(self, train: bool):
+        if self.pack:
+            return token_budget_plan(self.max_tokens, self.max_samples_per_pack)
+        return batch_size_plan(self.batch_size)
+
+    def _collate(self):
+        pad_id, multiple = self.pad_id, self.pad_to_multiple_of
+        if self.pack:
+            return lambda items: collate_packed(items, pad_id, multiple)
+        return lambda items: collate_padded(items, pad_id)
