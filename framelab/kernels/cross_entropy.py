@@ -10,8 +10,9 @@ token's loss is (1 - eps) * nll + eps * mean over classes of -log p.
 How the memory stays bounded: the forward walks the N tokens `chunk_size` rows at a time. For each
 chunk it computes the (chunk, V) logits, turns them *in place* into d loss / d logits, and uses
 them at once for the chunk's share of both gradients (d hidden = g @ W, d weight += g.T @ h), then
-drops them. The backward only scales the stored gradients by the incoming scalar. So the peak is
-one (chunk, V) fp32 buffer plus a (V, d) fp32 weight-gradient accumulator, never (N, V).
+drops them. The backward only scales the stored gradients, in place, by the incoming scalar (so
+it runs once: no retain_graph). The peak is one (chunk, V) fp32 buffer plus the (V, d) weight
+gradient (accumulated in the weight's dtype, each chunk's addmm summing in fp32), never (N, V).
 
 The per-chunk "logits -> loss and gradient" step has two implementations with one contract:
 `_chunk_loss_torch` here (the reference, also what CPU runs) and a Triton row kernel in
@@ -60,52 +61,63 @@ def _chunk_loss_torch(logits: torch.Tensor, labels: torch.Tensor, ignore_index: 
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
-    """(hidden (N, d), weight (V, d), labels (N,), ...) -> mean loss; grads computed in forward."""
+    """(hidden (N, d), weight (V, d), labels (N,), ...) -> mean loss; grads computed in forward.
+
+    The matmuls run in `compute_dtype` (hidden's dtype, or the autocast dtype when autocast is on;
+    the caller turns autocast off around this); the gradients come back in each input's dtype."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, labels, ignore_index, smoothing, chunk_size, grad_hidden,
-                grad_weight, triton_chunks):
+    def forward(ctx, hidden, weight, labels, ignore_index, smoothing, chunk_size, compute_dtype,
+                grad_hidden, grad_weight, triton_chunks):
         if triton_chunks:
             from framelab.kernels.triton_cross_entropy import chunk_loss_triton as chunk_loss
         else:
             chunk_loss = _chunk_loss_torch
         N = hidden.shape[0]
+        h_all, w = hidden.to(compute_dtype), weight.to(compute_dtype)  # no copy when they match
         n_valid = (labels != ignore_index).sum()
         scale = 1.0 / n_valid.clamp(min=1).to(torch.float32)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         dh = torch.empty_like(hidden) if grad_hidden else None
-        dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
-            if grad_weight else None
+        dw = torch.zeros_like(weight) if grad_weight else None  # addmm sums each chunk in fp32
         compute_grad = grad_hidden or grad_weight
         for start in range(0, N, chunk_size):
-            h = hidden[start:start + chunk_size]
-            logits = h @ weight.t()
+            rows = slice(start, start + chunk_size)
+            h = h_all[rows]
+            logits = h @ w.t()
             if not triton_chunks:  # the kernel reads low precision itself; the torch path needs fp32
                 logits = logits.float()
-            total += chunk_loss(logits, labels[start:start + chunk_size], ignore_index,
-                                smoothing, scale, compute_grad)
+            total += chunk_loss(logits, labels[rows], ignore_index, smoothing, scale, compute_grad)
             if not compute_grad:
                 continue
-            g = logits.to(hidden.dtype)
+            g = logits.to(compute_dtype)
             if dh is not None:
-                torch.mm(g, weight, out=dh[start:start + chunk_size])
-            if dw is not None:
-                if dw.dtype == g.dtype:
-                    dw.addmm_(g.t(), h)
+                if dh.dtype == compute_dtype:
+                    torch.mm(g, w, out=dh[rows])
                 else:
-                    dw += (g.t() @ h).float()
+                    dh[rows] = g @ w
+            if dw is not None:
+                if dw.dtype == compute_dtype:
+                    dw.addmm_(g.t(), h)
+                else:  # e.g. fp32 master weights under bf16 autocast
+                    dw.add_(g.t() @ h)
             del logits, g
-        ctx.save_for_backward(dh, dw.to(weight.dtype) if dw is not None else None)
+        # kept on ctx, not saved: they are results, scaled in place once by the backward
+        ctx.grads = (dh, dw)
         return total * scale
 
     @staticmethod
     def backward(ctx, grad_loss):
-        dh, dw = ctx.saved_tensors
+        if ctx.grads is None:
+            raise RuntimeError("linear_cross_entropy computes its gradients once, in forward; it "
+                               "cannot be back-propagated twice (retain_graph)")
+        dh, dw = ctx.grads
+        ctx.grads = None
         if dh is not None:
-            dh = dh * grad_loss.to(dh.dtype)
+            dh.mul_(grad_loss.to(dh.dtype))
         if dw is not None:
-            dw = dw * grad_loss.to(dw.dtype)
-        return dh, dw, None, None, None, None, None, None, None
+            dw.mul_(grad_loss.to(dw.dtype))
+        return dh, dw, None, None, None, None, None, None, None, None
 
 
 def linear_cross_entropy(hidden, weight, labels, ignore_index: int = -100,
@@ -118,9 +130,14 @@ def linear_cross_entropy(hidden, weight, labels, ignore_index: int = -100,
     y = labels.reshape(-1)
     if y.shape[0] != h2.shape[0]:
         raise ValueError(f"linear_cross_entropy: {h2.shape[0]} hidden rows but {y.shape[0]} labels")
+    device_type = hidden.device.type
+    compute_dtype = hidden.dtype
+    if torch.is_autocast_enabled(device_type):
+        compute_dtype = torch.get_autocast_dtype(device_type)
     grad_on = torch.is_grad_enabled()
     triton_chunks = use_triton("linear_cross_entropy", hidden, weight)
-    loss = LinearCrossEntropyFunction.apply(
-        h2, weight.contiguous(), y.contiguous(), ignore_index, float(label_smoothing), chunk_size,
-        grad_on and hidden.requires_grad, grad_on and weight.requires_grad, triton_chunks)
-    return loss
+    with torch.autocast(device_type, enabled=False):
+        return LinearCrossEntropyFunction.apply(
+            h2, weight.contiguous(), y.contiguous(), ignore_index, float(label_smoothing),
+            chunk_size, compute_dtype, grad_on and hidden.requires_grad,
+            grad_on and weight.requires_grad, triton_chunks)
