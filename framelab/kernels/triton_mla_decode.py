@@ -94,10 +94,16 @@ def mla_decode_triton(q_latent, q_rope, c_kv, k_rope, lengths, scale: float,
                       num_splits: int | None = None) -> torch.Tensor:
     B, H, DC = q_latent.shape
     T, DR = c_kv.shape[1], q_rope.shape[-1]
-    ql, qr = q_latent.contiguous(), q_rope.contiguous()
-    lengths = lengths.to(device=c_kv.device, dtype=torch.int64).clamp(0, T).contiguous()
-    block_h = max(16, min(triton.next_power_of_2(H), 64))
+    if k_rope.dtype != c_kv.dtype:
+        raise ValueError(f"mla_decode: c_kv ({c_kv.dtype}) and k_rope ({k_rope.dtype}) caches "
+                         "must share a dtype")
+    ql = q_latent.to(c_kv.dtype).contiguous()  # tl.dot takes operands of one dtype
+    qr = q_rope.to(c_kv.dtype).contiguous()
+    lengths = lengths.to(device=c_kv.device, dtype=torch.int32).clamp(0, T).contiguous()
     block_c = max(16, triton.next_power_of_2(DC))
+    # heads per program: more share each latent tile, but the (heads, d_c) fp32 accumulator
+    # must stay in registers, so fewer when d_c is wide
+    block_h = max(16, min(triton.next_power_of_2(H), 8192 // block_c))
     block_t = 32 if block_c >= 256 else 64 if c_kv.is_cuda else 16
     splits = num_splits or _default_splits(B, H, T, block_h, c_kv.device)
     split_len = triton.cdiv(triton.cdiv(max(T, 1), splits), block_t) * block_t

@@ -67,6 +67,10 @@ def _rms_bwd_kernel(dy_ptr, ds_ptr, s_ptr, w_ptr, rstd_ptr, dx_ptr, dw_part_ptr,
     tl.store(dw_part_ptr + pid * D + cols, dw, mask=mask)
 
 
+def _warps(block_d: int) -> int:
+    return 4 if block_d <= 1024 else 8 if block_d <= 4096 else 16
+
+
 def _programs(n_rows: int, device: torch.device) -> int:
     if device.type == "cuda":
         return min(n_rows, 4 * torch.cuda.get_device_properties(device).multi_processor_count)
@@ -92,8 +96,9 @@ class RMSNormFunction(torch.autograd.Function):
         y = torch.empty(x2.shape, dtype=torch.result_type(weight, x2), device=x.device)
         rstd = torch.empty(N, dtype=torch.float32, device=x.device)
         if N:
+            block = triton.next_power_of_2(D)
             _rms_fwd_kernel[(N,)](x2, r2, weight.contiguous(), y, s, rstd, D, eps,
-                                  HAS_RESIDUAL=has_res, BLOCK_D=triton.next_power_of_2(D))
+                                  HAS_RESIDUAL=has_res, BLOCK_D=block, num_warps=_warps(block))
         ctx.save_for_backward(s, weight, rstd)
         ctx.shape, ctx.has_res = shape, has_res
         ctx.dtypes = (x.dtype, residual.dtype if has_res else None)
@@ -113,8 +118,9 @@ class RMSNormFunction(torch.autograd.Function):
         rows = triton.cdiv(N, progs) if N else 0
         dw_part = torch.zeros(progs, D, dtype=torch.float32, device=s.device)
         if N:
+            block = triton.next_power_of_2(D)
             _rms_bwd_kernel[(progs,)](dy2, ds2, s, weight.contiguous(), rstd, dx, dw_part, N, D,
-                                      rows, HAS_DS=has_ds, BLOCK_D=triton.next_power_of_2(D))
+                                      rows, HAS_DS=has_ds, BLOCK_D=block, num_warps=_warps(block))
         dweight = dw_part.sum(0).to(weight.dtype)
         x_dtype, r_dtype = ctx.dtypes
         dx = dx.reshape(ctx.shape)

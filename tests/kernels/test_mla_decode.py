@@ -41,7 +41,7 @@ def test_reference_equals_decompressed_attention():
     (1, 1, 1, [1]),
     (3, 5, 70, [70, 1, 33]),
     (2, 17, 40, [0, 40]),  # an empty row gives zeros
-    (1, 65, 20, [13]),  # more heads than one head block
+    (1, 65, 20, [13]),
 ])
 def test_triton_matches_reference(B, H, T, lengths, triton_backend):
     q_latent, q_rope, c_kv, k_rope = _inputs(B, H, T)
@@ -49,6 +49,14 @@ def test_triton_matches_reference(B, H, T, lengths, triton_backend):
     out = mla_decode(q_latent, q_rope, c_kv, k_rope, lengths, 0.13)
     ref = mla_decode_reference(q_latent, q_rope, c_kv, k_rope, lengths, 0.13)
     assert_close(out, ref)
+
+
+def test_wide_latent_spans_several_head_blocks(triton_backend):
+    """d_c = 300 pads to 512, which caps a program at 16 heads: 40 heads take three blocks."""
+    q_latent, q_rope, c_kv, k_rope = _inputs(2, 40, 19, d_c=300)
+    lengths = torch.tensor([19, 6])
+    assert_close(mla_decode(q_latent, q_rope, c_kv, k_rope, lengths, 0.05),
+                 mla_decode_reference(q_latent, q_rope, c_kv, k_rope, lengths, 0.05))
 
 
 @pytest.mark.parametrize("splits", [2, 3])

@@ -28,7 +28,8 @@ def _check(x, cos, sin):
 @pytest.mark.parametrize("B,S,H,D", [(1, 1, 1, 48), (2, 7, 3, 80), (2, 33, 5, 18)])
 def test_rotary_text_positions(B, S, H, D, triton_backend):
     x = leaf(B, S, H, D)
-    ang = _angles(torch.arange(S).expand(B, S) + torch.tensor([[0], [11]])[:B], D // 2)
+    start = torch.tensor([[5], [11]])[:B]  # nonzero angles even at length 1
+    ang = _angles(torch.arange(S).expand(B, S) + start, D // 2)
     _check(x, ang.cos(), ang.sin())
 
 
