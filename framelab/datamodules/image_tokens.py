@@ -1,0 +1,134 @@
+"""ImageTokenDataModule: images -> discrete token grids + class labels, for set-autoregressive
+(and any other discrete) image generation.
+
+The image tokenizer is a PatchVQ fitted once on the training images and saved with the data
+(`<train shards>/vq-<K>-p<p>-<size>.npz` for the embedded world, `<cache_dir>/vq-<hash>...npz` for
+real shards), or a pretrained one given by `vq_path` (+ `vq_factory` for other kinds).
+Batch: tokens (B, h*w) long, row-major grid; labels (B,) long class ids (annotation meta.label);
+sample_ids. A step whose samples on this rank are all corrupt yields B = 0.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from framelab.datamodules.base import StreamingDataModule
+from framelab.datamodules.collate import batch_size_plan, collate_image_tokens
+from framelab.datamodules.decode import FrameSource, annotation, to_tensor
+from framelab.datamodules.reader import SampleError
+from framelab.datamodules.vq import PatchVQ, load_image_tokenizer
+from framelab.errors import UserError
+from framelab.world.vocab import NUM_CLASSES
+
+
+class ImageTransform:
+    """Worker-side: shard members -> {"tokens", "label"}."""
+
+    def __init__(self, tokenizer, size: int):
+        self.tokenizer, self.size = tokenizer, size
+
+    def image(self, members: dict) -> np.ndarray:
+        frame = FrameSource(members).get([0])
+        x = to_tensor(frame, (self.size, self.size))
+        return (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+
+    def __call__(self, members: dict, ref) -> dict:
+        ann = annotation(members)
+        label = (ann.get("meta") or {}).get("label")
+        if not isinstance(label, int):
+            raise SampleError("no_label", "annotation meta.label must be an integer class id")
+        return {"tokens": self.tokenizer.encode(self.image(members))[0], "label": label}
+
+
+class ImageTokenDataModule(StreamingDataModule):
+    """Streams class-labelled images as VQ token grids; see the module docstring."""
+
+    def __init__(self, task_params: dict | None = None, samples=None, shards: int = 4, data_dir=None,
+                 cache_dir: str | None = None, test_splits=("test",), frames_format: str = "npy",
+                 world_seed: int = 0, image_size: int = 32, vq_patch: int = 4, codebook_size: int = 256,
+                 vq_path: str | None = None, vq_factory: str | None = None, fit_samples: int = 1024,
+                 fit_iters: int = 20, num_classes: int | None = None, batch_size: int = 32,
+                 num_workers: int = 0, seed: int = 0, shuffle: bool = True, max_skip_rate: float = 0.05,
+                 skip_check_after: int = 64):
+        params = dict(task_params or {})
+        params.setdefault("size", image_size)
+        super().__init__(tasks=["images"], task_params={"images": params},
+                         samples=samples if samples is not None else {"train": 4096, "val": 256, "test": 256, "ood": 256},
+                         shards=shards, data_dir=data_dir, cache_dir=cache_dir, test_splits=test_splits,
+                         frames_format=frames_format, world_seed=world_seed, seed=seed, shuffle=shuffle,
+                         num_workers=num_workers, max_skip_rate=max_skip_rate, skip_check_after=skip_check_after)
+        if image_size % vq_patch:
+            raise UserError(f"data.image_size {image_size} must be a multiple of data.vq_patch {vq_patch}")
+        if data_dir is not None and num_classes is None:
+            raise UserError("data.num_classes is required with data_dir (real images): the largest label + 1")
+        self.image_size, self.vq_patch, self.codebook_size_wanted = image_size, vq_patch, codebook_size
+        self.vq_path, self.vq_factory = vq_path, vq_factory
+        self.fit_samples, self.fit_iters, self.batch_size = fit_samples, fit_iters, batch_size
+        self.num_classes = NUM_CLASSES if num_classes is None else int(num_classes)
+        self.image_tokenizer = None
+
+    def _vq_file(self):
+        folders = self._folders("train")
+        if not folders:
+            raise UserError("fitting the image tokenizer needs training data (data.samples.train > 0)")
+        name = f"vq-{self.codebook_size_wanted}-p{self.vq_patch}-{self.image_size}-s{self.seed}.npz"
+        if self.data_dir is None:
+            return folders[0] / name
+        digest = hashlib.sha1("|".join(str(f.resolve()) for f in folders).encode()).hexdigest()[:10]
+        return self.cache_dir / f"vq-{digest}-{name[3:]}"
+
+    def _fit(self, path) -> None:
+        shards = self.shard_set("train")
+        reader = ImageTransform(None, self.image_size)
+        images = []
+        for i in range(min(self.fit_samples, len(shards))):
+            try:
+                images.append(reader.image(shards.read(i)))
+            except SampleError:
+                continue
+        if not images:
+            raise UserError(f"no readable training image to fit the image tokenizer in {shards.shard_name(0)}")
+        vq = PatchVQ.fit(np.concatenate(images), self.codebook_size_wanted, self.vq_patch, self.fit_iters, self.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        vq.save(path)
+
+    def prepare_data(self) -> None:
+        super().prepare_data()
+        if self.vq_path is None and not self._vq_file().is_file():
+            self._fit(self._vq_file())
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.image_tokenizer is None:
+            if self.vq_path is not None:
+                self.image_tokenizer = load_image_tokenizer(self.vq_path, self.vq_factory)
+            else:
+                if not self._vq_file().is_file():
+                    self._fit(self._vq_file())
+                self.image_tokenizer = PatchVQ.load(self._vq_file())
+
+    @property
+    def codebook_size(self) -> int:
+        self.setup()
+        return self.image_tokenizer.codebook_size
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        self.setup()
+        side = self.image_size // self.image_tokenizer.patch
+        return side, side
+
+    def decode(self, tokens) -> torch.Tensor:
+        """Token grids (B, h*w) -> images float32 (B, 3, H, W) in [0, 1]."""
+        return self.image_tokenizer.decode(tokens, self.grid)
+
+    def _transform(self, split: str) -> ImageTransform:
+        self.setup()
+        return ImageTransform(self.image_tokenizer, self.image_size)
+
+    def _plan(self, train: bool):
+        return batch_size_plan(self.batch_size)
+
+    def _collate(self):
+        return collate_image_tokens
