@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 import lightning as L
+from omegaconf import OmegaConf
 
 from framelab.datamodules.lockstep import LockstepLoader, StreamState
 from framelab.datamodules.reader import ShardSet
@@ -27,12 +28,19 @@ from framelab.world.scene import SPLITS
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers fork after the tokenizer is built
 
 
+def plain(value):
+    """Hydra hands over DictConfig/ListConfig; keep plain dicts and lists (hashable as JSON)."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 class StreamingDataModule(L.LightningDataModule):
     """Base class; subclasses define `_transform(split)`, `_plan(train)` and `_collate()`."""
 
     def __init__(self, *, tasks, task_params, samples, shards, data_dir, cache_dir, test_splits,
                  frames_format, world_seed, seed, shuffle, num_workers, max_skip_rate, skip_check_after):
         super().__init__()
+        tasks, task_params, samples, data_dir, test_splits = (
+            plain(x) for x in (tasks, task_params, samples, data_dir, test_splits))
         self.tasks = [tasks] if isinstance(tasks, str) else list(tasks or [])
         self.task_params = dict(task_params or {})
         self.samples = samples

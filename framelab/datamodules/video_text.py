@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from framelab.datamodules.base import StreamingDataModule
+from framelab.datamodules.base import StreamingDataModule, plain
 from framelab.datamodules.chat import ChatEncoder, vision_tokens
 from framelab.datamodules.collate import batch_size_plan, collate_packed, collate_padded, token_budget_plan
 from framelab.datamodules.decode import SAMPLING, FrameSource, annotation, select_frames, to_tensor
@@ -94,7 +94,7 @@ class VideoTextDataModule(StreamingDataModule):
                          shards=shards, data_dir=data_dir, cache_dir=cache_dir, test_splits=test_splits,
                          frames_format=frames_format, world_seed=world_seed, seed=seed, shuffle=shuffle,
                          num_workers=num_workers, max_skip_rate=max_skip_rate, skip_check_after=skip_check_after)
-        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(plain(image_size))
         if any(s % (2 * patch_size) for s in self.image_size):
             raise UserError(f"data.image_size {self.image_size} must be a multiple of 2 x patch_size "
                             f"= {2 * patch_size} (temporal-spatial patches are merged 2x2)")
