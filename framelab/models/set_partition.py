@@ -61,7 +61,7 @@ class Partition:
 @dataclass(frozen=True)
 class PartitionConfig:
     order: str
-    num_sets: int | str      # an int, "N" (one token per set) or "lo..hi"
+    num_sets: int | str      # an int, "N" (one token per set) or "lo..hi" (hi may be N)
     interval: str
 
     @property
@@ -74,8 +74,8 @@ class PartitionConfig:
         if k == "N":
             return n
         if isinstance(k, str):
-            lo, hi = (int(v) for v in k.split(".."))
-            hi = min(hi, n)
+            lo, hi = k.split("..")
+            lo, hi = int(lo), n if hi == "N" else min(int(hi), n)
             u = float(torch.rand((), generator=generator))
             k = int(round(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))))
         if not 1 <= k <= n:
@@ -99,8 +99,8 @@ def parse(name: str) -> PartitionConfig:
     if k != "N":
         try:
             if ".." in k:
-                lo, hi = (int(v) for v in k.split(".."))
-                if not 1 <= lo <= hi:
+                lo, hi = k.split("..")
+                if not 1 <= int(lo) <= (int(lo) if hi == "N" else int(hi)):
                     raise ValueError
             else:
                 k = int(k)
@@ -108,7 +108,7 @@ def parse(name: str) -> PartitionConfig:
                     raise ValueError
         except ValueError:
             raise UserError(f"SAR partition {name!r}: K={k!r} must be a positive integer, N, or a "
-                            "range lo..hi with 1 <= lo <= hi") from None
+                            "range lo..hi with 1 <= lo <= hi (hi may be N)") from None
     return PartitionConfig(order, k, interval)
 
 

@@ -90,3 +90,12 @@ def test_sampler_draws_ranges_and_mixes():
     assert 20 < ks.count(64) < 80                    # about a quarter are AR
     others = [k for k in ks if k != 64]
     assert min(others) >= 2 and max(others) <= 32 and len(set(others)) > 8
+
+
+def test_range_up_to_n():
+    cfg = parse("random-1..N-random")
+    g = torch.Generator().manual_seed(0)
+    ks = {cfg.resolve_sets(16, g) for _ in range(300)}
+    assert min(ks) == 1 and max(ks) == 16
+    with pytest.raises(UserError):
+        parse("random-8..4-random")

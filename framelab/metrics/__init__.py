@@ -1,0 +1,1 @@
+"""Image-quality metrics with local features (FID, KID, precision/recall, class consistency)."""
