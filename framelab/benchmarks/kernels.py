@@ -118,7 +118,15 @@ def bench_ce_memory(tokens: int, vocab: int, d_model: int, chunks: list[int]) ->
 
 # ---- CUDA: each kernel vs its reference vs torch.compile of the reference ------------------
 
-def _cuda_cases():
+# Shapes: Qwen3-8B-like widths for the real measurement; TINY lets a CPU test drive the same
+# harness through Triton's interpreter.
+FULL = {"tokens": 16384, "d": 4096, "ff": 11008, "rotary": (8, 2048, 32, 128),
+        "ce": (8192, 4096, 151936), "mla": (16, 128, 8192, 512, 64)}
+TINY = {"tokens": 33, "d": 80, "ff": 97, "rotary": (2, 7, 3, 48), "ce": (21, 48, 97),
+        "mla": (2, 5, 40, 48, 16)}
+
+
+def _cases(device: str, dtype: torch.dtype, size: dict):
     """(op name, inputs factory, reference fn, public fn, needs backward)."""
     from framelab.kernels import apply_rotary, linear_cross_entropy, mla_decode, rms_norm, swiglu
     from framelab.kernels.cross_entropy import linear_cross_entropy_reference
@@ -127,48 +135,49 @@ def _cuda_cases():
     from framelab.kernels.rotary import apply_rotary_reference
     from framelab.kernels.swiglu import swiglu_reference
 
-    dev, bf16 = "cuda", torch.bfloat16
-
     def t(*shape, grad=True, scale=1.0):
-        return (torch.randn(*shape, device=dev, dtype=bf16) * scale).requires_grad_(grad)
+        return (torch.randn(*shape, device=device, dtype=dtype) * scale).requires_grad_(grad)
 
-    def angles(b, s, half):
-        ang = torch.randn(b, s, half, device=dev)
-        return ang.cos(), ang.sin()
+    n, d, ff = size["tokens"], size["d"], size["ff"]
+    rb, rs, rh, rd = size["rotary"]
+    cn, cd, cv = size["ce"]
+    mb, mh, mt, mc, mr = size["mla"]
+
+    def rotary_inputs():
+        ang = torch.randn(rb, rs, rd // 2, device=device)
+        return t(rb, rs, rh, rd), ang.cos(), ang.sin()
 
     def ce_inputs():
-        labels = torch.randint(0, 151936, (8192,), device=dev)
-        return t(8192, 4096), t(151936, 4096, scale=0.02), labels
+        return t(cn, cd), t(cv, cd, scale=cd ** -0.5), torch.randint(0, cv, (cn,), device=device)
 
     def mla_inputs():
-        return (t(16, 128, 512, grad=False), t(16, 128, 64, grad=False),
-                t(16, 8192, 512, grad=False), t(16, 8192, 64, grad=False),
-                torch.randint(4096, 8193, (16,), device=dev), 0.07)
+        return (t(mb, mh, mc, grad=False), t(mb, mh, mr, grad=False), t(mb, mt, mc, grad=False),
+                t(mb, mt, mr, grad=False),
+                torch.randint(mt // 2, mt + 1, (mb,), device=device), (mc + mr) ** -0.5)
 
     return [
-        ("rms_norm (16384x4096)", lambda: (t(16384, 4096), t(4096)),
+        (f"rms_norm ({n}x{d})", lambda: (t(n, d), t(d)),
          lambda x, w: rms_norm_reference(x, w, 1e-6), lambda x, w: rms_norm(x, w), True),
-        ("rms_norm+residual (16384x4096)", lambda: (t(16384, 4096), t(4096), t(16384, 4096)),
+        (f"rms_norm+residual ({n}x{d})", lambda: (t(n, d), t(d), t(n, d)),
          lambda x, w, r: rms_norm_reference(x + r, w, 1e-6),
          lambda x, w, r: rms_norm(x, w, residual=r)[0], True),
-        ("swiglu (16384x11008)", lambda: (t(16384, 11008), t(16384, 11008)),
-         swiglu_reference, swiglu, True),
-        ("rotary (8x2048x32x128)", lambda: (t(8, 2048, 32, 128), *angles(8, 2048, 64)),
-         apply_rotary_reference, apply_rotary, True),
-        ("linear_ce (8192 tok, V 151936, d 4096)", ce_inputs,
-         linear_cross_entropy_reference, linear_cross_entropy, True),
-        ("mla_decode (B16 H128 T8192 dc512 dr64)", mla_inputs,
-         mla_decode_reference, mla_decode, False),
+        (f"swiglu ({n}x{ff})", lambda: (t(n, ff), t(n, ff)), swiglu_reference, swiglu, True),
+        (f"rotary ({rb}x{rs}x{rh}x{rd})", rotary_inputs, apply_rotary_reference, apply_rotary,
+         True),
+        (f"linear_ce ({cn} tok, d {cd}, V {cv})", ce_inputs, linear_cross_entropy_reference,
+         linear_cross_entropy, True),
+        (f"mla_decode (B{mb} H{mh} T{mt} dc{mc} dr{mr})", mla_inputs, mla_decode_reference,
+         mla_decode, False),
     ]
 
 
-def _run_variant(fn, make_inputs, backward: bool) -> dict:
-    inputs = make_inputs()
+def _run_variant(fn, inputs, backward: bool, repeat: int) -> tuple[dict, torch.Tensor]:
+    """Times of fn on inputs (forward; forward + backward), its CUDA peak memory, its output."""
     leaves = [x for x in inputs if isinstance(x, torch.Tensor) and x.requires_grad]
 
     def fwd():
         with torch.no_grad():
-            fn(*inputs)
+            return fn(*inputs)
 
     def fwd_bwd():
         out = fn(*inputs)
@@ -177,21 +186,24 @@ def _run_variant(fn, make_inputs, backward: bool) -> dict:
         for x in leaves:
             x.grad = None
 
-    row = {"fwd_ms": timeit(fwd, warmup=2, repeat=10) * 1e3}
-    step = fwd_bwd if backward else fwd
+    row = {"fwd_ms": timeit(fwd, warmup=2, repeat=repeat) * 1e3}
     if backward:
-        row["fwd_bwd_ms"] = timeit(fwd_bwd, warmup=2, repeat=10) * 1e3
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    step()
-    torch.cuda.synchronize()
-    row["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-    return row
+        row["fwd_bwd_ms"] = timeit(fwd_bwd, warmup=2, repeat=repeat) * 1e3
+    if inputs[0].is_cuda:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        (fwd_bwd if backward else fwd)()
+        torch.cuda.synchronize()
+        row["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return row, fwd()
 
 
-def bench_cuda() -> dict:
+def bench_cuda(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, size: dict = FULL,
+               compile_reference: bool = True, repeat: int = 10) -> dict:
+    """Each op: reference, torch.compile(reference), Triton; times, peak memory, and the Triton /
+    compiled output's largest deviation from the reference output on the same inputs."""
     from framelab.kernels import get_kernel_backend, set_kernel_backend
     from framelab.kernels.dispatch import triton_available
 
@@ -200,17 +212,25 @@ def bench_cuda() -> dict:
     rows = []
     before = get_kernel_backend()
     try:
-        for name, make_inputs, reference, public, backward in _cuda_cases():
-            variants = [("reference", reference, "torch"),
-                        ("torch.compile(reference)", torch.compile(reference), "torch"),
-                        ("triton", public, "triton")]
-            base = None
+        for name, make_inputs, reference, public, backward in _cases(device, dtype, size):
+            variants = [("reference", reference, "torch")]
+            if compile_reference:
+                variants.append(("torch.compile(reference)", torch.compile(reference), "torch"))
+            variants.append(("triton", public, "triton"))
+            base = expected = None
             for label, fn, backend in variants:
                 set_kernel_backend(backend)
+                torch.manual_seed(0)  # every variant gets the same inputs
                 try:
-                    row = _run_variant(fn, make_inputs, backward)
+                    row, out = _run_variant(fn, make_inputs(), backward, repeat)
+                    if expected is None:
+                        expected = out
+                    else:
+                        row["max_err"] = (out.float() - expected.float()).abs().max().item()
+                    del out
                 except Exception as exc:  # one failing variant must not hide the others
-                    row = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"}
+                    first = (str(exc).splitlines() or [""])[0][:80]
+                    row = {"error": f"{type(exc).__name__}: {first}"}
                 key = "fwd_bwd_ms" if backward else "fwd_ms"
                 if label == "reference":
                     base = row.get(key)
@@ -218,12 +238,15 @@ def bench_cuda() -> dict:
                     row["speedup"] = base / row[key]
                 rows.append({"op": name, "variant": label, **row})
                 gc.collect()
-                torch.cuda.empty_cache()
+                if device == "cuda":
+                    torch.cuda.empty_cache()
     finally:
         set_kernel_backend(before)
-    shown = [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
-    print_table(shown, ["op", "variant", "fwd_ms", "fwd_bwd_ms", "peak_mb", "speedup", "error"])
-    return {"dtype": "bfloat16", "rows": rows}
+    shown = [{k: (f"{v:.3g}" if k == "max_err" else f"{v:.3f}" if isinstance(v, float) else v)
+              for k, v in r.items()} for r in rows]
+    print_table(shown, ["op", "variant", "fwd_ms", "fwd_bwd_ms", "peak_mb", "speedup", "max_err",
+                        "error"])
+    return {"dtype": str(dtype).replace("torch.", ""), "rows": rows}
 
 
 # ---- entry point -----------------------------------------------------------------------------

@@ -31,3 +31,19 @@ def test_bench_kernels_refuses_what_memory_cannot_hold(monkeypatch, capsys):
     monkeypatch.setattr(bench, "_mem_available_mb", lambda: 100.0)
     assert bench.main(["--tokens", "8192", "--vocab", "150000"]) == 1
     assert "lower --tokens or --vocab" in capsys.readouterr().err
+
+
+def test_kernel_table_harness_on_tiny_cpu_shapes(capsys):
+    """The GPU table's harness (cases, variants, timing, deviation from the reference) driven at
+    tiny fp32 shapes on CPU through the interpreter, so a GPU session starts from working code."""
+    pytest.importorskip("triton")
+    result = bench.bench_cuda(device="cpu", dtype=torch.float32, size=bench.TINY,
+                              compile_reference=False, repeat=1)
+    rows = result["rows"]
+    assert [r["variant"] for r in rows] == ["reference", "triton"] * 6
+    for row in rows:
+        assert "error" not in row, row
+        assert row["fwd_ms"] > 0
+    for row in rows[1::2]:
+        assert row["max_err"] < 1e-4, row
+    assert "speedup" in rows[1] and "max_err" in capsys.readouterr().out
