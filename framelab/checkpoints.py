@@ -1,20 +1,43 @@
-"""Finding checkpoints: what `ckpt_path=last` means.
+"""Writing and finding checkpoints.
 
-`last` is the newest complete `checkpoints/last.ckpt` of this experiment: first in the current run
-directory (when `hydra.run.dir` names an earlier run, it resumes in place), else in the most recent
-sibling run directory under `runs/<experiment>/` that has one. A checkpoint is complete when
-torch can read it.
+Writing: `AtomicCheckpointIO` writes each checkpoint to a temporary file in the same folder,
+flushes it to disk and renames it over the target, so a checkpoint file is always complete
+(a crash mid-write leaves only a stray temporary file, never a truncated checkpoint).
+
+Finding, for `ckpt_path=last`: the newest complete checkpoint of this experiment — first in the
+current run directory (so `hydra.run.dir=DIR ckpt_path=last` resumes in place), else in the most
+recent earlier run under `runs/<experiment>/`. In a directory, `checkpoints/last.ckpt` is preferred;
+if it cannot be read, the newest other readable checkpoint there is used, with a warning naming
+both files.
 """
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from framelab.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def readable(path: Path) -> bool:
@@ -25,15 +48,34 @@ def readable(path: Path) -> bool:
     return True
 
 
+def best_in(directory: Path) -> Path | None:
+    """`checkpoints/last.ckpt` of a run directory, or its newest readable other checkpoint."""
+    folder = directory / "checkpoints"
+    if not folder.is_dir():
+        return None
+    last = folder / "last.ckpt"
+    if last.exists() and readable(last):
+        return last
+    others = sorted((p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for candidate in others:
+        if readable(candidate):
+            if last.exists():
+                log.warning("framelab: %s is unreadable (truncated or corrupt); resuming from %s "
+                            "instead", last, candidate)
+            return candidate
+    if last.exists():
+        log.warning("framelab: %s is unreadable and no other checkpoint there is usable", last)
+    return None
+
+
 def find_last(run_dir: Path) -> Path | None:
-    candidates = [run_dir] + sorted((p for p in run_dir.parent.iterdir()
-                                     if p.is_dir() and p != run_dir), reverse=True)
-    for directory in candidates:
-        path = directory / "checkpoints" / "last.ckpt"
-        if path.exists():
-            if readable(path):
-                return path
-            log.warning("skipping unreadable checkpoint %s", path)
+    siblings = sorted((p for p in run_dir.parent.iterdir() if p.is_dir() and p != run_dir),
+                      reverse=True) if run_dir.parent.is_dir() else []
+    for directory in [run_dir, *siblings]:
+        found = best_in(directory)
+        if found is not None:
+            return found
     return None
 
 
@@ -49,4 +91,7 @@ def resolve_ckpt_path(value, run_dir: Path) -> str | None:
     path = Path(str(value))
     if not path.exists():
         raise UserError(f"ckpt_path={value}: no such file; give an existing .ckpt or `last`")
+    if not readable(path):
+        raise UserError(f"ckpt_path={value}: the file cannot be read as a checkpoint (truncated "
+                        "or corrupt); pass another checkpoint, or `last` to pick a complete one")
     return str(path)

@@ -37,9 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     if command in TOOLS:
         module = importlib.import_module(TOOLS[command])
         return int(module.main(rest) or 0)
-    if "=" in command or command.startswith("-"):  # `framelab experiment=x` means fit
+    if "=" in command or command.startswith("-"):
+        # overrides alone: the verb comes from `verb=...` (how DDP re-launches ranks), else fit
         from framelab.run import run_verb
-        return run_verb("fit", argv)
+        verbs = [a.split("=", 1)[1] for a in argv if a.startswith("verb=")]
+        rest = [a for a in argv if not a.startswith("verb=")]
+        return run_verb(verbs[-1] if verbs else "fit", rest)
     print(f"framelab: error: unknown command {command!r}; choose one of "
           f"{', '.join(VERBS + tuple(TOOLS))}", file=sys.stderr)
     return 2

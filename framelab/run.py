@@ -40,9 +40,11 @@ def run_verb(verb: str, args: list[str]) -> int:
     from framelab.config_check import check, config_dir
 
     flags, overrides = split_args(args)
+    overrides = [o for o in overrides if not o.startswith("verb=")] + [f"verb={verb}"]
     try:
         if not {"-h", "--help", "--hydra-help", "--info"} & set(flags):
-            check(overrides)
+            cfg = check(overrides)
+            overrides += shared_run_dir(cfg, overrides, flags)
         directory = str(config_dir())
     except UserError as exc:
         print(f"framelab: error: {exc}", file=sys.stderr)
@@ -58,7 +60,8 @@ def run_verb(verb: str, args: list[str]) -> int:
             sys.exit(2)
 
     saved = sys.argv
-    sys.argv = ["framelab", *flags, *overrides]
+    # argv[0] stays the program, so Lightning can re-launch this command for its DDP ranks
+    sys.argv = [saved[0] if saved else "framelab", *flags, *overrides]
     try:
         job()
     except SystemExit as exc:
@@ -66,6 +69,24 @@ def run_verb(verb: str, args: list[str]) -> int:
     finally:
         sys.argv = saved
     return 0
+
+
+def shared_run_dir(cfg, overrides: list[str], flags: list[str]) -> list[str]:
+    """Under torchrun or SLURM every rank must write to one run directory: name it after the
+    launcher's job id (a timestamp differs between ranks). Returns an override, or nothing."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or {"-m", "--multirun"} & set(flags):
+        return []
+    if any(o.startswith("hydra.run.dir=") for o in overrides):
+        return []
+    job = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if job == "none" and os.environ.get("SLURM_JOB_ID"):
+        job = "slurm-" + os.environ["SLURM_JOB_ID"]
+    if job == "none":
+        raise UserError("a multi-process launch needs one run directory for all ranks: pass "
+                        "hydra.run.dir=DIR, or launch with torchrun --rdzv-id=ID (or --standalone)")
+    return [f"hydra.run.dir={cfg.paths.root}/{cfg.name}/{job}"]
 
 
 def resolve_precision(value: str, accelerator: str) -> str:
@@ -89,7 +110,7 @@ def execute(verb: str, cfg):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from framelab.checkpoints import resolve_ckpt_path
+    from framelab.checkpoints import AtomicCheckpointIO, resolve_ckpt_path
     from framelab.kernels import set_kernel_backend
     from framelab.kernels.attention import set_attention_backend
 
@@ -111,7 +132,8 @@ def execute(verb: str, cfg):
                                                  trainer_cfg.get("accelerator", "auto"))
     loggers = _instantiate_dict(cfg.get("logger"))
     trainer = instantiate(trainer_cfg, callbacks=_instantiate_dict(cfg.get("callbacks")),
-                          logger=loggers or False, default_root_dir=str(run_dir))
+                          logger=loggers or False, default_root_dir=str(run_dir),
+                          plugins=[AtomicCheckpointIO()])
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     if ckpt_path:
         log.warning("resuming from %s", ckpt_path)

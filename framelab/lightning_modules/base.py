@@ -80,7 +80,8 @@ class FramelabModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, n_tokens = self.compute_loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
+        # with several ranks the logged loss is their mean (= the loss of the global batch)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=self.trainer.world_size > 1)
         if self._step_start is not None:
             elapsed = max(time.perf_counter() - self._step_start, 1e-9)
             self.log("train/tokens_per_s", float(n_tokens) / elapsed)
