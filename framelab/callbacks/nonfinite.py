@@ -1,7 +1,8 @@
 """Skip optimizer steps whose loss or gradients are not finite; stop after too many in a row.
 
 A NaN/Inf loss or gradient (on any rank) drops every gradient before the optimizer step, so the
-weights and the optimizer state stay as they were; the step is counted (`train/nonfinite_steps`).
+weights and the optimizer state stay as they were (the lr schedule still advances); the step is
+counted (`train/nonfinite_steps`).
 After `max_consecutive` such steps in a row the run stops: since every bad step was skipped, the
 weights are still those from before the first bad step, and a checkpoint of them is written to
 `checkpoints/nonfinite-step<first bad step>.ckpt`; the message says where it happened.
