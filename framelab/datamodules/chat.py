@@ -66,14 +66,12 @@ class ChatEncoder:
             self._header_cache[role] = [self.im_start] + self._text(f"{role}\n")
         return self._header_cache[role]
 
-    def _content(self, text: str, counts: list[int]) -> list[int]:
-        ids: list[int] = []
-        pieces = _MEDIA.split(text)
-        for k, piece in enumerate(pieces):
-            ids += self._text(piece)
-            if k < len(pieces) - 1:
-                ids += [self.vstart] + [self.vpad] * counts.pop(0) + [self.vend]
-        return ids
+    def _pieces(self, messages: list) -> list[list[int]]:
+        """Token ids of every text piece (split at media placeholders) of every message, encoded in
+        one batch call."""
+        texts = [piece for m in messages for piece in _MEDIA.split(m["content"])]
+        encoded = self.tok.encode_batch(texts, add_special_tokens=False) if texts else []
+        return [e.ids for e in encoded]
 
     def encode(self, messages: list, vision_counts: list[int],
                add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
@@ -83,11 +81,17 @@ class ChatEncoder:
         messages = normalise_messages(messages, len(counts))
         if self.system_prompt and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": self.system_prompt}] + messages
+        pieces = iter(self._pieces(messages))
         ids: list[int] = []
         labels: list[int] = []
         for m in messages:
             head = self._header(m["role"])
-            body = self._content(m["content"], counts) + [self.im_end]
+            body: list[int] = []
+            for k in range(len(_MEDIA.findall(m["content"])) + 1):
+                if k:
+                    body += [self.vstart] + [self.vpad] * counts.pop(0) + [self.vend]
+                body += next(pieces)
+            body.append(self.im_end)
             ids += head + body + self.newline
             trained = m["role"] == "assistant"
             labels += [IGNORE] * len(head) + (body if trained else [IGNORE] * len(body))
@@ -97,3 +101,18 @@ class ChatEncoder:
             ids += head
             labels += [IGNORE] * len(head)
         return ids, labels
+
+    def fill_vision(self, ids: list[int], labels: list[int], counts: list[int]) -> tuple[list[int], list[int]]:
+        """Give the empty vision blocks of an encoding made with counts of 0 their pad tokens:
+        equal to encoding with `counts` directly, without tokenizing again."""
+        out_ids: list[int] = []
+        out_labels: list[int] = []
+        last, k = 0, 0
+        for i, t in enumerate(ids):
+            if t == self.vstart:
+                out_ids += ids[last:i + 1] + [self.vpad] * counts[k]
+                out_labels += labels[last:i + 1] + [IGNORE] * counts[k]
+                last, k = i + 1, k + 1
+        if k != len(counts):
+            raise ValueError(f"{k} vision blocks for {len(counts)} videos")
+        return out_ids + ids[last:], out_labels + labels[last:]

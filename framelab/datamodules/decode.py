@@ -63,20 +63,30 @@ class FrameSource:
         """uint8 (len(indices), H, W, 3)."""
         if self.array is not None:
             return self.array[np.asarray(indices)]
-        from PIL import Image
         cache: dict[int, np.ndarray] = {}
         out = []
         for i in indices:
             if i not in cache:
                 try:
-                    with Image.open(io.BytesIO(self.files[i])) as im:
-                        cache[i] = np.asarray(im.convert("RGB"))
+                    cache[i] = decode_image(self.files[i])
                 except Exception as e:  # noqa: BLE001 - PIL raises many types on bad data
                     raise SampleError("bad_frame", f"frame {i}: {e}") from None
             out.append(cache[i])
         if len({f.shape for f in out}) > 1:
             raise SampleError("bad_frame", "frames of different sizes")
         return np.stack(out)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """An encoded image (png, jpg, ...) as uint8 (H, W, 3)."""
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+
+
+def frame_member(ext: str, prefix: str = "") -> bool:
+    """Whether a member name holds frames stored under `prefix`."""
+    return ext == f"{prefix}npy" or (ext.startswith(prefix) and _FRAME.match(ext[len(prefix):]) is not None)
 
 
 def _npy_view(data: bytes) -> np.ndarray:

@@ -16,7 +16,7 @@ import torch
 
 from framelab.datamodules.base import StreamingDataModule
 from framelab.datamodules.collate import batch_size_plan, collate_image_tokens
-from framelab.datamodules.decode import FrameSource, annotation, to_tensor
+from framelab.datamodules.decode import FrameSource, annotation, frame_member, to_tensor
 from framelab.datamodules.reader import SampleError
 from framelab.datamodules.vq import PatchVQ, load_image_tokenizer
 from framelab.errors import UserError
@@ -29,8 +29,14 @@ class ImageTransform:
     def __init__(self, tokenizer, size: int):
         self.tokenizer, self.size = tokenizer, size
 
+    def wants(self, ext: str) -> bool:
+        return ext == "json" or frame_member(ext)
+
     def image(self, members: dict) -> np.ndarray:
+        """The sample's first frame as uint8 (1, size, size, 3)."""
         frame = FrameSource(members).get([0])
+        if frame.shape[1:3] == (self.size, self.size):
+            return frame
         x = to_tensor(frame, (self.size, self.size))
         return (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
 

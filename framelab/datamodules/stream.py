@@ -8,7 +8,8 @@ per epoch and every rank reads exactly the same number. Within a rank, DataLoade
 yields the rank's items w, w + K, ...; the DataLoader interleaves workers round-robin, so the rank
 sees its items in order whatever K is.
 
-Items are dicts made by a `transform(members, ref)`; a sample that cannot be used becomes a skip
+Items are dicts made by a `transform(members, ref)` (which may say which members it reads with a
+`wants(ext) -> bool` method, so unused members such as ground truth are never read); a sample that cannot be used becomes a skip
 item {"_skip": reason}, so positions never shift. Every item carries _pos, _key and _shard.
 """
 from __future__ import annotations
@@ -68,7 +69,9 @@ class SampleStream(IterableDataset):
         """Transformed sample `index` (or a skip item), tagged with its position."""
         ref = self.shards.refs[index]
         try:
-            item = self.transform(self.shards.read(index), ref)
+            wants = getattr(self.transform, "wants", None)
+            exts = None if wants is None else [e for e in ref.members if wants(e)]
+            item = self.transform(self.shards.read(index, exts), ref)
         except SampleError as e:
             item = {"_skip": e.reason}
         except Exception as e:  # noqa: BLE001 - one bad sample must never stop a rank

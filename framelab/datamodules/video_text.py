@@ -25,7 +25,7 @@ import torch
 from framelab.datamodules.base import StreamingDataModule, plain
 from framelab.datamodules.chat import ChatEncoder, vision_tokens
 from framelab.datamodules.collate import batch_size_plan, collate_packed, collate_padded, token_budget_plan
-from framelab.datamodules.decode import SAMPLING, FrameSource, annotation, select_frames, to_tensor
+from framelab.datamodules.decode import SAMPLING, FrameSource, annotation, frame_member, select_frames, to_tensor
 from framelab.datamodules.reader import SampleError
 from framelab.datamodules.special_tokens import PAD, special_token_ids
 from framelab.datamodules.tokenizer import ensure_tokenizer
@@ -41,6 +41,10 @@ class VideoTransform:
         self.sampling, self.sample_fps, self.budget = sampling, sample_fps, budget
         self.max_tokens, self.load_future = max_tokens, load_future
 
+    def wants(self, ext: str) -> bool:
+        """Members read per sample: the annotation, the frames (and future frames when loaded)."""
+        return ext == "json" or frame_member(ext) or (self.load_future and frame_member(ext, "future."))
+
     def __call__(self, members: dict, ref) -> dict:
         ann = annotation(members)
         conv = ann.get("conversations")
@@ -51,9 +55,10 @@ class VideoTransform:
         source = FrameSource(members, "", ann.get("num_frames"))
         limit = int(self.budget[0])
         try:
-            base = len(self.encoder.encode(conv, [0])[0])
+            ids, labels = self.encoder.encode(conv, [0])
         except ValueError as e:
             raise SampleError("bad_conversation", str(e)) from None
+        base = len(ids)
         if self.max_tokens:
             per_pair = vision_tokens(2, *self.size, self.patch)
             fit = 2 * ((self.max_tokens - base) // per_pair)
@@ -62,7 +67,7 @@ class VideoTransform:
             limit = min(limit, fit)
         index = select_frames(source.count, self.sampling, limit, ann.get("fps"), self.sample_fps)
         video = to_tensor(source.get(index), self.size)
-        ids, labels = self.encoder.encode(conv, [vision_tokens(len(index), *self.size, self.patch)])
+        ids, labels = self.encoder.fill_vision(ids, labels, [vision_tokens(len(index), *self.size, self.patch)])
         meta = {"task": ann.get("task"), "key": ref.key, "fps": ann.get("fps"), "frame_indices": index,
                 **(ann.get("meta") or {})}
         item = {"input_ids": np.asarray(ids, np.int32), "labels": np.asarray(labels, np.int32),

@@ -24,6 +24,7 @@ class PatchVQ:
     def __init__(self, codebook: np.ndarray, patch: int):
         self.codebook = torch.as_tensor(np.asarray(codebook, np.float32))
         self.patch = int(patch)
+        self._np = None  # numpy copy of the codebook for encode (built on first use)
         if self.codebook.shape[1] != self.patch * self.patch * 3:
             raise ValueError(f"codebook width {self.codebook.shape[1]} does not match patch {patch}")
 
@@ -47,10 +48,20 @@ class PatchVQ:
         dist, idx = d.min(1)
         return idx, dist
 
-    def encode(self, images: np.ndarray) -> torch.Tensor:
-        x = self.patches(images)
-        idx, _ = self._nearest(x.reshape(-1, x.shape[-1]))
-        return idx.reshape(x.shape[0], x.shape[1])
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> int64 (N, h*w); numpy, cheap enough for a DataLoader worker."""
+        images = np.asarray(images)
+        n, h, w, _ = images.shape
+        p = self.patch
+        if h % p or w % p:
+            raise ValueError(f"image {h}x{w} is not a multiple of the patch size {p}")
+        x = images.reshape(n, h // p, p, w // p, p, 3).transpose(0, 1, 3, 2, 4, 5)
+        x = x.reshape(-1, p * p * 3).astype(np.float32) * (1.0 / 255.0)
+        if self._np is None:
+            cb = self.codebook.numpy()
+            self._np = (np.ascontiguousarray(cb.T), (cb * cb).sum(1))
+        cb_t, cb_sq = self._np
+        return (cb_sq - 2.0 * (x @ cb_t)).argmin(1).reshape(n, -1).astype(np.int64)
 
     def decode(self, tokens, grid: tuple[int, int]) -> torch.Tensor:
         tokens = torch.as_tensor(tokens, dtype=torch.long)
@@ -72,6 +83,7 @@ class PatchVQ:
         if len(start) < codebook_size:  # fewer distinct patches than codes: pad with copies
             start = torch.cat([start, start[torch.randint(len(start), (codebook_size - len(start),), generator=g)]])
         vq.codebook = start.clone()
+        vq._np = None
         for _ in range(iters):
             idx, dist = vq._nearest(data)
             sums = torch.zeros_like(vq.codebook).index_add_(0, idx, data * weight[:, None])
@@ -81,6 +93,7 @@ class PatchVQ:
             if empty.any():
                 worst = (dist * weight).argsort(descending=True)[: int(empty.sum())]
                 vq.codebook[empty] = data[worst]
+        vq._np = None
         return vq
 
     def save(self, path: str | Path) -> None:

@@ -37,17 +37,20 @@ def consume(dm_kwargs: dict, state: dict | None, steps: int | None, epochs: int 
     return out
 
 
-def _rank_main(rank: int, world: int, port: int, dm_kwargs, state, steps, epochs, out_dir) -> None:
+def _rank_main(rank: int, world: int, port: int, jobs: list, out_dir: str) -> None:
     import torch.distributed as dist
+    # this rank was spawned; its DataLoader workers would be spawned too (re-importing everything)
+    # unless told otherwise: fork them, as under a normal `python train.py` / torchrun launch
+    mp.set_start_method("fork", force=True)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        result = consume(dm_kwargs, state, steps, epochs)
+        results = [consume(kw, state, steps, epochs) for kw, state, steps, epochs in jobs]
     finally:
         dist.barrier()
         dist.destroy_process_group()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump(result, f)
+        json.dump(results, f)
 
 
 def free_port() -> int:
@@ -56,12 +59,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def consume_distributed(world: int, dm_kwargs: dict, state, steps, out_dir, epochs: int = 1) -> list[dict]:
-    """Run `consume` on `world` spawned ranks; returns each rank's result."""
-    mp.start_processes(_rank_main, args=(world, free_port(), dm_kwargs, state, steps, epochs, str(out_dir)),
-                       nprocs=world, join=True, start_method="spawn")
-    results = []
+def run_distributed(world: int, jobs: list, out_dir) -> list[list[dict]]:
+    """Run each job (dm_kwargs, state, steps, epochs) in turn with `consume` on `world` spawned
+    ranks (one spawn for all jobs: starting processes is the slow part). Returns, per job, each
+    rank's result."""
+    mp.start_processes(_rank_main, args=(world, free_port(), jobs, str(out_dir)), nprocs=world,
+                       join=True, start_method="spawn")
+    per_rank = []
     for r in range(world):
         with open(os.path.join(out_dir, f"rank{r}.json")) as f:
-            results.append(json.load(f))
-    return results
+            per_rank.append(json.load(f))
+    return [[per_rank[r][j] for r in range(world)] for j in range(len(jobs))]
+
+
+def consume_distributed(world: int, dm_kwargs: dict, state, steps, out_dir, epochs: int = 1) -> list[dict]:
+    """One job on `world` ranks; returns each rank's result."""
+    return run_distributed(world, [(dm_kwargs, state, steps, epochs)], out_dir)[0]

@@ -4,7 +4,7 @@ skipped; every rank gets the same number of batches."""
 import pytest
 
 from framelab.datamodules.video_text import VideoTextDataModule
-from tests.datamodules.resume_helpers import consume, consume_distributed
+from tests.datamodules.resume_helpers import consume, run_distributed
 
 N = 37  # odd, so world size 2 drops one sample per epoch
 
@@ -56,16 +56,18 @@ def rank_slices(results, world, start):
 
 def test_resume_changes_world_size_and_workers(kwargs, tmp_path):
     ref = flat(consume(kwargs, None, None)["ids"])
-    # world 2 (one worker each) for 3 steps, then world 1 with 2 workers to the end of the epoch
-    a = consume_distributed(2, {**kwargs, "num_workers": 1}, None, 3, tmp_path)
+    c = consume(kwargs, None, 5)  # world 1 for 5 steps (resumed below on world 2)
+    a, d = run_distributed(2, [
+        ({**kwargs, "num_workers": 1}, None, 3, 1),        # world 2, one worker each, 3 steps
+        ({**kwargs, "num_workers": 2}, c["state"], None, 1),  # world 2, 2 workers each, resumed
+    ], tmp_path)
+    # world 2 for 3 steps, then world 1 with 2 workers to the end of the epoch
     got_a = rank_slices(a, 2, 0)
     pos = a[0]["state"]["consumed"]
     assert a[0]["state"] == a[1]["state"] and pos == len(got_a)
     b = consume({**kwargs, "num_workers": 2}, a[0]["state"], None)
     assert got_a + flat(b["ids"]) == ref
-    # world 1 for 5 steps, then world 2 (no workers / 2 workers) to the end of the epoch
-    c = consume(kwargs, None, 5)
-    d = consume_distributed(2, {**kwargs, "num_workers": 2}, c["state"], None, tmp_path)
+    # world 1 for 5 steps, then world 2 (2 workers per rank) to the end of the epoch
     got = flat(c["ids"]) + rank_slices(d, 2, c["state"]["consumed"])
     tail = (N - c["state"]["consumed"]) % 2  # fewer samples than ranks left: dropped
     assert got == ref[:N - tail]

@@ -45,6 +45,7 @@ def test_chat_masks_prompt_and_trains_reply(cache):
             {"role": "assistant", "content": "red"}]
     ids, labels = enc.encode(conv, [12])
     assert ids.count(sid[VIDEO_PAD]) == 12 and ids[0] == sid[IM_START]
+    assert enc.fill_vision(*enc.encode(conv, [0]), [12]) == (ids, labels)
     trained = [t for t, lab in zip(ids, labels) if lab != IGNORE]
     assert dm.tokenizer.decode(trained[:-1]) == "red" and trained[-1] == sid[IM_END]
     assert all(lab in (IGNORE, t) for t, lab in zip(ids, labels))
