@@ -40,7 +40,10 @@ class ModelConfig:
     qk_norm: bool = True
     # multimodal rotary: frequency pairs given to (t, h, w); must sum to head_dim // 2
     mrope_section: tuple[int, int, int] | None = None
-    attention: str = "gqa"
+    attention: str = "gqa"        # "gqa" (grouped-query) | "mla" (M²LA latent attention)
+    # M²LA (attention="mla"); see framelab/models/attention.py. None = the default in brackets.
+    kv_lora_rank: int | None = None   # latent width d_c cached per token [kv_heads * head_dim]
+    qk_rope_dim: int | None = None    # rotary dims kept per kv group, even [head_dim // 2]
     max_position: int = 40960
     init_std: float = 0.02
     vision: VisionConfig | None = None
@@ -62,6 +65,23 @@ class ModelConfig:
         if sum(self.mrope_section) != self.head_dim // 2:
             raise ValueError(f"model.mrope_section {list(self.mrope_section)} must sum to "
                              f"head_dim // 2 = {self.head_dim // 2}")
+        if self.attention not in ("gqa", "mla"):
+            raise ValueError(f"model.attention={self.attention!r}; choose gqa or mla")
+        if self.attention == "mla":
+            if self.kv_lora_rank is None:
+                self.kv_lora_rank = self.kv_heads * self.head_dim
+            if self.qk_rope_dim is None:
+                self.qk_rope_dim = self.head_dim // 2
+            if self.qk_rope_dim % 2 or not 0 < self.qk_rope_dim <= self.head_dim:
+                raise ValueError(f"model.qk_rope_dim={self.qk_rope_dim} must be even and in "
+                                 f"2..head_dim ({self.head_dim})")
+            if self.kv_lora_rank < 1:
+                raise ValueError(f"model.kv_lora_rank={self.kv_lora_rank} must be >= 1")
+
+    @property
+    def qk_nope_dim(self) -> int:
+        """Per-head query/key dims without rotary (M²LA): head_dim - qk_rope_dim."""
+        return self.head_dim - (self.qk_rope_dim or 0)
 
     def to_dict(self) -> dict:
         return asdict(self)

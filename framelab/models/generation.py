@@ -87,3 +87,46 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 0.0,
         valid = torch.cat([valid, torch.ones_like(done[:, None])], dim=1)
         step_ids = nxt[:, None] if use_cache else ids
     return out
+
+
+@torch.no_grad()
+def generate_multimodal(model, prompts, videos, max_new_tokens: int, temperature: float = 0.0,
+                        top_k: int | None = None, top_p: float | None = None, stop_tokens=(),
+                        pad_id: int = 0, generator: torch.Generator | None = None) -> list[list[int]]:
+    """Generate from a `MultimodalLM`, cached. `prompts`: token-id lists holding a placeholder run
+    per video; `videos[i]`: row i's videos (T, 3, H, W) in order. Each row's prompt is embedded
+    alone (vision tokens spliced in, 3D positions from its first token), left-padded, prefilled
+    once; every new text token then takes the next position on all three axes (last + 1)."""
+    lm = model.lm
+    device = lm.output_weight.device
+    rows = [model.embed(torch.tensor([p], dtype=torch.long, device=device), v or None)
+            for p, v in zip(prompts, videos)]
+    width = max(len(p) for p in prompts)
+    embeds = torch.zeros(len(prompts), width, lm.config.hidden, device=device,
+                         dtype=rows[0][0].dtype)
+    positions = torch.zeros(3, len(prompts), width, dtype=torch.long, device=device)
+    valid = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)
+    for row, (emb, pos) in enumerate(rows):
+        n = emb.shape[1]
+        embeds[row, width - n:], positions[:, row, width - n:] = emb[0], pos[:, 0]
+        valid[row, width - n:] = True
+    next_pos = positions[:, :, -1] + 1
+    stops = torch.tensor(sorted(set(stop_tokens)) or [-1], device=device)
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    out: list[list[int]] = [[] for _ in prompts]
+    cache = lm.new_cache(width + max_new_tokens)
+    hidden = lm.hidden_states(inputs_embeds=embeds, positions=positions,
+                              spec=AttentionSpec(causal=True, mask=_mask(valid, width)), cache=cache)
+    for step in range(max_new_tokens):
+        nxt = sample_next(lm.logits(hidden[:, -1]), temperature, top_k, top_p, generator)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        for row in (~done).nonzero().flatten().tolist():
+            out[row].append(int(nxt[row]))
+        done |= torch.isin(nxt, stops)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        valid = torch.cat([valid, torch.ones_like(done[:, None])], dim=1)
+        hidden = lm.hidden_states(nxt[:, None], positions=next_pos[..., None],
+                                  spec=AttentionSpec(causal=True, mask=_mask(valid, 1)), cache=cache)
+        next_pos = next_pos + 1
+    return out

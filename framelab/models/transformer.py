@@ -17,7 +17,7 @@ from torch import nn
 
 from framelab.kernels import AttentionSpec
 from framelab.kernels.attention import document_ids
-from framelab.models.attention import GroupedQueryAttention
+from framelab.models.attention import GroupedQueryAttention, make_attention
 from framelab.models.cache import KVCache
 from framelab.models.config import ModelConfig
 from framelab.models.layers import RMSNorm, SwiGLUMLP
@@ -34,10 +34,12 @@ class Block(nn.Module):
     """Pre-norm transformer block; also the vision encoder's block (with full attention)."""
 
     def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int,
-                 eps: float = 1e-6, qk_norm: bool = True):
+                 eps: float = 1e-6, qk_norm: bool = True, attn: nn.Module | None = None):
         super().__init__()
         self.input_layernorm = RMSNorm(hidden, eps)
-        self.self_attn = GroupedQueryAttention(hidden, heads, kv_heads, head_dim, qk_norm, eps)
+        # `attn` replaces the default GQA layer (the decoder passes M²LA when model.attention=mla)
+        self.self_attn = attn or GroupedQueryAttention(hidden, heads, kv_heads, head_dim, qk_norm,
+                                                       eps)
         self.post_attention_layernorm = RMSNorm(hidden, eps)
         self.mlp = SwiGLUMLP(hidden, intermediate)
 
@@ -60,13 +62,11 @@ def default_positions(batch: int, seq: int, offset: int, spec: AttentionSpec | N
 class DecoderLM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.attention != "gqa":
-            raise ValueError(f"model.attention={config.attention!r} is not available yet; use 'gqa'")
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden)
         self.layers = nn.ModuleList(
             Block(config.hidden, config.heads, config.kv_heads, config.head_dim,
-                  config.intermediate, config.norm_eps, config.qk_norm)
+                  config.intermediate, config.norm_eps, config.qk_norm, make_attention(config))
             for _ in range(config.layers))
         self.norm = RMSNorm(config.hidden, config.norm_eps)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.hidden, config.vocab_size,
@@ -120,6 +120,7 @@ class DecoderLM(nn.Module):
         return LMOutput(logits=self.logits(hidden), hidden_states=hidden)
 
     def new_cache(self, capacity: int = 256) -> KVCache:
+        """A cache for this model: per layer (k, v) for GQA, (c_kv, k_r) for M²LA."""
         return KVCache(len(self.layers), capacity)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
