@@ -35,8 +35,13 @@ def main(argv: list[str] | None = None) -> int:
         from framelab.run import run_verb
         return run_verb(command, rest)
     if command in TOOLS:
-        module = importlib.import_module(TOOLS[command])
-        return int(module.main(rest) or 0)
+        from framelab.errors import UserError
+
+        try:
+            return int(importlib.import_module(TOOLS[command]).main(rest) or 0)
+        except UserError as exc:
+            print(f"framelab: error: {exc}", file=sys.stderr)
+            return 2
     if "=" in command or command.startswith("-"):
         # overrides alone: the verb comes from `verb=...` (how DDP re-launches ranks), else fit
         from framelab.run import run_verb

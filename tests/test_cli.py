@@ -89,3 +89,12 @@ def test_ckpt_path_last_without_runs_is_one_line(tmp_path, monkeypatch, capsys):
     assert main(["fit", "ckpt_path=last", "trainer.max_steps=1", "logger=none"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("framelab: error: ckpt_path=last: no complete checkpoints/last.ckpt")
+
+
+def test_tool_commands_report_user_errors_in_one_line(capsys, tmp_path):
+    assert main(["data", "synth", "--task", "describe", "--out", str(tmp_path / "d"),
+                 "--samples", "2", "--shards", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("framelab: error: "), err
+    assert main(["bench", "nonexistent"]) == 2
+    assert "unknown benchmark 'nonexistent'; choose one of" in capsys.readouterr().err
