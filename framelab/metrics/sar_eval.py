@@ -1,0 +1,80 @@
+"""Quality of a trained SAR generator under several partitions: FID, KID, precision/recall, class
+consistency (see `image_quality`), all against rendered test images of the embedded world.
+
+- `load_run(ckpt)`: the SARGenModule of a checkpoint (EMA weights when the checkpoint has them)
+  and the datamodule of its run (from `<run dir>/config.yaml`), whose tokenizer decodes tokens.
+- `Evaluator`: the feature classifier (trained once, cached) and the real reference images;
+  `evaluate(module, partition)` generates `n` images for class labels drawn uniformly from the
+  in-domain classes (those the generator was trained on) with a fixed seed, and scores them.
+  Chance class consistency is 1 / (number of in-domain classes) = 1/40.
+- `reconstruction_row`: the same metrics for the VQ reconstructions of real test images -- the
+  best any generator over these tokens can do (its floor FID).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from framelab.callbacks.ema import ema_state
+from framelab.errors import UserError
+from framelab.metrics.features import load_or_train, render
+from framelab.metrics.image_quality import ImageQuality
+from framelab.world.vocab import IN_DOMAIN_PAIRS, class_id
+
+IN_DOMAIN_CLASSES = sorted(class_id(s, c) for s, c in IN_DOMAIN_PAIRS)
+
+
+def load_run(ckpt: str | Path, use_ema: bool = True):
+    """(SARGenModule in eval mode with the EMA weights if present, the run's datamodule)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from framelab.lightning_modules.sar import SARGenModule
+
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise UserError(f"checkpoint {ckpt} not found; give a .ckpt of `framelab fit experiment=sar`")
+    config = ckpt.parent.parent / "config.yaml"
+    if not config.is_file():
+        raise UserError(f"{config} not found: the checkpoint must sit in <run dir>/checkpoints/ "
+                        "beside its run's config.yaml (the datamodule's tokenizer is needed)")
+    module = SARGenModule.load_from_checkpoint(ckpt, map_location="cpu")
+    if use_ema:
+        shadow = ema_state(torch.load(ckpt, map_location="cpu", weights_only=False))
+        if shadow is not None:
+            module.load_state_dict(shadow)
+    data_cfg = OmegaConf.load(config).data
+    datamodule = instantiate(data_cfg, _convert_="all")
+    datamodule.setup("predict")
+    module._decoder = datamodule.decode
+    return module.eval(), datamodule
+
+
+class Evaluator:
+    def __init__(self, image_size: int = 32, n: int = 512, cache_dir: str | Path = "data_cache",
+                 seed: int = 0, world_seed: int = 0):
+        self.n, self.seed, self.image_size = n, seed, image_size
+        self.net = load_or_train(cache_dir, image_size)
+        real, self.real_labels = render("test", n, image_size, world_seed)
+        self.real = real
+        self.quality = ImageQuality(self.net, real)
+        g = torch.Generator().manual_seed(seed)
+        pick = torch.randint(0, len(IN_DOMAIN_CLASSES), (n,), generator=g)
+        self.labels = torch.tensor(IN_DOMAIN_CLASSES)[pick]
+
+    @torch.no_grad()
+    def images(self, module, partition: str, batch: int = 128) -> torch.Tensor:
+        out = []
+        for i in range(0, self.n, batch):
+            tokens = module.generate(self.labels[i:i + batch], partition, seed=self.seed + i)
+            out.append(module.decode(tokens))
+        return torch.cat(out)
+
+    def evaluate(self, module, partition: str) -> dict:
+        return self.quality.score(self.images(module, partition), self.labels)
+
+    def reconstruction_row(self, datamodule) -> dict:
+        """Metrics of decode(encode(real test images)) against the real images themselves."""
+        tokens = datamodule.image_tokenizer.encode(self.real)
+        return self.quality.score(datamodule.decode(tokens), self.real_labels)
