@@ -35,7 +35,7 @@ def test_debug_fit_trains_writes_the_run_and_resumes_from_last(tmp_path):
     assert all(float(r["train/grad_norm"]) > 0 and float(r["train/tokens_per_s"]) > 0
                for r in logged)
 
-    res = framelab("fit", "ckpt_path=last", "trainer.max_steps=35", "logger=csv", cwd=tmp_path)
+    res = framelab("fit", "experiment=debug", "ckpt_path=last", "trainer.max_steps=35", "logger=csv", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     newest = max((tmp_path / "runs" / "debug").iterdir())
     assert newest != run
@@ -44,7 +44,7 @@ def test_debug_fit_trains_writes_the_run_and_resumes_from_last(tmp_path):
 
 @pytest.mark.slow
 def test_multirun_sweeps_into_numbered_directories(tmp_path):
-    res = framelab("fit", "-m", "module.optim.lr=1e-3,3e-3", "trainer.max_steps=2",
+    res = framelab("fit", "-m", "experiment=debug", "module.optim.lr=1e-3,3e-3", "trainer.max_steps=2",
                    "logger=csv", "callbacks=none", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     (sweep,) = (tmp_path / "runs" / "debug" / "multirun").iterdir()
@@ -55,7 +55,7 @@ def test_multirun_sweeps_into_numbered_directories(tmp_path):
 def test_cfg_job_prints_the_resolved_config(capsys):
     assert main(["fit", "--cfg", "job", "trainer.max_steps=7"]) == 0
     out = capsys.readouterr().out
-    assert "name: debug" in out and "max_steps: 7" in out
+    assert "name: videollm_sft" in out and "max_steps: 7" in out
 
 
 @pytest.mark.parametrize("args, message", [

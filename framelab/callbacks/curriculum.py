@@ -1,0 +1,115 @@
+"""Short-to-long curriculum: a schedule, by optimizer step, of the data budget and the rotary base.
+
+    phases: [{step: 0, max_frames: 8, max_tokens: 1024}, {step: 300, max_frames: 32, max_tokens: 4096},
+             {step: 600, max_frames: 128, max_tokens: 16384, rope_theta: 5.0e6}]
+
+Phase i is in force from optimizer step `phases[i].step` on. Each key is optional per phase; an
+absent key keeps the previous phase's value. Entering a phase:
+- `max_frames` -> `datamodule.set_max_frames(n)` (reaches running DataLoader workers);
+- `max_tokens` -> `datamodule.set_max_tokens(n)` (the packed-row token budget); a datamodule
+  without that setter is a one-line error;
+- `rope_theta` -> `model.set_rope_theta(theta)` on the LM (InternVideo3 does not publish a per-phase
+  RoPE base; it is an option here, off unless given).
+The run is never restarted. Logged every step: `curriculum/phase`, `curriculum/max_frames`,
+`curriculum/max_tokens`, `curriculum/rope_theta` (what is in force).
+
+Timing, stated: a phase is entered at the end of the step before it (the rotary base takes effect
+from its first step); Lightning has the next batch fetched by then, so a new data budget reaches
+the batches from `step + 1` on (measured in tests/lightning_modules/test_video_llm.py). Resume:
+the phase in force is saved in the checkpoint (`state_dict`) and re-applied in `on_fit_start`,
+before the resumed run fetches its first batches, so budgets and rotary base continue as in the
+uninterrupted run; the one exception is a resume exactly at a phase's first step, whose first batch
+gets the new budget one batch early.
+
+The paper (InternVideo3 SFT) grows the sequence length to 32K with 379K long videos; its exact
+phase boundaries are unknown, hence a config list.
+"""
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import Callback
+
+from framelab.errors import UserError
+
+KEYS = ("max_frames", "max_tokens", "rope_theta")
+
+
+class ShortToLongCurriculum(Callback):
+    def __init__(self, phases: list[dict]):
+        if not phases:
+            raise UserError("callbacks.curriculum.phases is empty; give at least [{step: 0, ...}]")
+        cleaned, last = [], -1
+        for i, p in enumerate(phases):
+            p = dict(p)
+            unknown = set(p) - {"step", *KEYS}
+            if unknown:
+                raise UserError(f"callbacks.curriculum.phases[{i}] has unknown keys {sorted(unknown)}; "
+                                f"valid: step, {', '.join(KEYS)}")
+            step = int(p.get("step", 0))
+            if step <= last or (i == 0 and step != 0):
+                raise UserError(f"callbacks.curriculum.phases[{i}].step={step}: steps must start at 0 "
+                                "and increase")
+            last = step
+            cleaned.append(p)
+        # fill absent keys from the previous phase, so every phase says what is in force
+        state: dict = {k: None for k in KEYS}
+        self.phases = []
+        for p in cleaned:
+            state = {**state, **{k: p[k] for k in KEYS if p.get(k) is not None}}
+            self.phases.append({"step": int(p.get("step", 0)), **state})
+        self.current: int | None = None
+        self.restored: dict | None = None
+
+    def phase_at(self, step: int) -> int:
+        return max(i for i, p in enumerate(self.phases) if p["step"] <= step)
+
+    def in_force(self) -> dict:
+        return dict(self.phases[self.current]) if self.current is not None else {}
+
+    def apply(self, trainer, pl_module, index: int) -> None:
+        phase, dm = self.phases[index], trainer.datamodule
+        if phase["max_frames"] is not None:
+            dm.set_max_frames(int(phase["max_frames"]))
+        if phase["max_tokens"] is not None:
+            if not hasattr(dm, "set_max_tokens"):
+                raise UserError(f"curriculum phase {index} sets max_tokens but {type(dm).__name__} "
+                                "has no set_max_tokens(n); drop max_tokens from the phases")
+            dm.set_max_tokens(int(phase["max_tokens"]))
+        if phase["rope_theta"] is not None:
+            model = getattr(pl_module, "model", None)
+            lm = getattr(model, "lm", model)
+            if not hasattr(lm, "set_rope_theta"):
+                raise UserError(f"curriculum phase {index} sets rope_theta but the module's model "
+                                "has no set_rope_theta; drop rope_theta from the phases")
+            lm.set_rope_theta(float(phase["rope_theta"]))
+        self.current = index
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # before the first batches are fetched: the phase saved in the checkpoint (resume) or the
+        # one of the current step (a fresh run: phase 0)
+        saved = (self.restored or {}).get("phase")
+        self.apply(trainer, pl_module, saved if saved is not None else self.phase_at(trainer.global_step))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        index = self.phase_at(trainer.global_step)
+        if self.restored is not None and self.restored.get("phase") is not None:
+            saved = self.restored["phase"]
+            if saved != index and self.restored.get("phases") == self.phases:
+                raise UserError(f"curriculum: checkpoint at step {trainer.global_step} was in phase "
+                                f"{saved} but the schedule says {index}")
+        self.apply(trainer, pl_module, index)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        index = self.phase_at(trainer.global_step)
+        if index != self.current:
+            self.apply(trainer, pl_module, index)
+        phase = self.phases[self.current]
+        pl_module.log("curriculum/phase", float(self.current))
+        for key in KEYS:
+            if phase[key] is not None:
+                pl_module.log(f"curriculum/{key}", float(phase[key]))
+
+    def state_dict(self) -> dict:
+        return {"phase": self.current, "phases": self.phases}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.restored = dict(state_dict)

@@ -1,0 +1,267 @@
+"""VideoLLMModule: InternVideo3's first two training stages over `MultimodalLM`.
+
+- stage `cpt` (continued pretraining): next-token loss on every text token of the interleaved
+  video–text samples (vision placeholders, padding and the first token of each packed document are
+  excluded). The paper trains on captions; the embedded world has question–answer dialogues, so
+  here the questions and answers are the text.
+- stage `sft` (short-to-long SFT): loss on assistant tokens only (the datamodule's labels).
+- `freeze`: {vision, projector, lm}: frozen parts get no gradient and no optimiser state.
+- `init_from=CKPT`: start from another run's weights (a `framelab fit` checkpoint or the output of
+  `framelab convert mla`) — weights only; the optimiser, schedule and step start fresh (resuming a
+  run is `ckpt_path`). M²LA shape keys (`kv_lora_rank`, `qk_rope_dim`) left null in the config are
+  taken from the checkpoint; any other mismatch is a one-line error.
+
+The model is built in `setup()` because the vocabulary and the video placeholder id come from the
+datamodule's tokenizer; its resolved config and token ids are stored in every checkpoint.
+
+Evaluation (`validate`/`test`): each packed document's prompt (everything before the assistant's
+reply) is answered by greedy cached generation (`generate_multimodal`), and scored per task and
+question format: multiple choice by `extract_choice` (denominator: every MCQ question, unanswered
+= wrong), open answers by exact match, "when" spans by temporal IoU. Metric names:
+`<split>/mcq_acc/<task>`, `<split>/open_acc/<task>`, `<split>/tiou/<task>`, `<split>/accuracy` (all
+MCQ + open questions) and `<split>/loss`. A few question/answer samples go to TensorBoard as text.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from framelab.datamodules.special_tokens import IM_END, PAD, VIDEO_PAD
+from framelab.errors import UserError
+from framelab.kernels import linear_cross_entropy
+from framelab.lightning_modules.base import FramelabModule, build_model_config
+from framelab.metrics.choice import ChoiceAccuracy
+from framelab.metrics.temporal import TemporalIoU
+from framelab.models.config import ModelConfig, VisionConfig
+from framelab.models.generation import generate_multimodal
+from framelab.models.multimodal import MultimodalLM
+
+STAGES = ("cpt", "sft")
+PARTS = ("vision", "projector", "lm")
+SHAPE_KEYS = ("kv_lora_rank", "qk_rope_dim")
+
+
+def load_weights_file(path: str) -> dict:
+    """{'state_dict': model weights without prefix, 'model_config', 'token_ids'} of a checkpoint."""
+    if not Path(path).is_file():
+        raise UserError(f"init_from={path}: no such file; give a checkpoint (.ckpt) of a "
+                        "videollm run or the output of `framelab convert mla`")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "videollm_model" not in ckpt:
+        raise UserError(f"init_from={path}: not a video-LLM checkpoint (no 'videollm_model' entry); "
+                        "give a checkpoint of experiment=videollm_* or of `framelab convert mla`")
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    return {"state_dict": state, "model_config": ckpt["videollm_model"],
+            "token_ids": ckpt.get("videollm_tokens", {})}
+
+
+class VideoLLMModule(FramelabModule):
+    def __init__(self, model: dict, vision: dict | None = None, stage: str = "sft",
+                 freeze: dict | None = None, init_from: str | None = None,
+                 evaluation: dict | None = None, loss_chunk_size: int = 4096,
+                 optim: dict | None = None, scheduler: dict | None = None):
+        super().__init__(optim, scheduler)
+        self.save_hyperparameters()
+        if stage not in STAGES:
+            raise UserError(f"module.stage={stage!r}; choose one of {', '.join(STAGES)}")
+        freeze = dict(freeze or {})
+        if set(freeze) - set(PARTS):
+            raise UserError(f"module.freeze has unknown parts {sorted(set(freeze) - set(PARTS))}; "
+                            f"valid: {', '.join(PARTS)}")
+        self.stage, self.freeze, self.init_from = stage, freeze, init_from
+        self.model_cfg, self.vision_cfg = dict(model), dict(vision or {})
+        self.eval_cfg = {"max_new_tokens": 12, "log_samples": 4, "generate": True,
+                         **(evaluation or {})}
+        self.loss_chunk_size = loss_chunk_size
+        self.model: MultimodalLM | None = None
+        self.tokens: dict[str, int] = {}
+        self.tokenizer = None
+        self.metrics = nn.ModuleDict()
+
+    # ---- model ------------------------------------------------------------------------------
+    def build(self, config: ModelConfig, tokens: dict[str, int]) -> None:
+        self.config, self.tokens = config, dict(tokens)
+        self.model = MultimodalLM(config, tokens[VIDEO_PAD])
+        for part in PARTS:
+            if self.freeze.get(part):
+                sub = self.model.lm if part == "lm" else getattr(self.model, part)
+                sub.requires_grad_(False)
+
+    def config_for(self, vocab_size: int, source: dict | None) -> ModelConfig:
+        cfg = dict(self.model_cfg)
+        cfg["vocab_size"] = cfg.get("vocab_size") or vocab_size
+        if source is not None:
+            for key in SHAPE_KEYS:
+                if cfg.get(key) is None:
+                    cfg[key] = source.get(key)
+        cfg["vision"] = VisionConfig(**self.vision_cfg)
+        return build_model_config(cfg)
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None and getattr(dm, "tokenizer", None) is None and hasattr(dm, "setup"):
+            dm.setup(stage)
+        if dm is not None:
+            self.tokenizer = getattr(dm, "tokenizer", None)
+        if self.model is not None:
+            return
+        if dm is None or not hasattr(dm, "special_ids"):
+            raise UserError("VideoLLMModule needs a video-text datamodule (data=video_world, "
+                            "video_needle, video_future or video_real)")
+        source = load_weights_file(self.init_from) if self.init_from else None
+        tokens = {k: dm.special_ids[k] for k in (VIDEO_PAD, PAD, IM_END)}
+        self.build(self.config_for(dm.vocab_size, source and source["model_config"]), tokens)
+        if source is not None:
+            self.load_init(source)
+
+    def load_init(self, source: dict) -> None:
+        theirs = source["model_config"]
+        for key in ("attention",) + SHAPE_KEYS + ("hidden", "layers", "heads", "kv_heads",
+                                                  "head_dim", "vocab_size"):
+            if theirs.get(key) != getattr(self.config, key):
+                raise UserError(f"init_from={self.init_from}: checkpoint has model.{key}="
+                                f"{theirs.get(key)} but this run has {getattr(self.config, key)}; "
+                                f"pass model.{key}={theirs.get(key)}")
+        missing, unexpected = self.model.load_state_dict(source["state_dict"], strict=False)
+        if missing or unexpected:
+            raise UserError(f"init_from={self.init_from}: weights do not match the model "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["videollm_model"] = self.config.to_dict()
+        checkpoint["videollm_tokens"] = self.tokens
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.model is None:
+            if "videollm_model" not in checkpoint:
+                raise UserError("checkpoint has no 'videollm_model' entry: it was not written by "
+                                "VideoLLMModule; give a checkpoint of experiment=videollm_*")
+            self.build(ModelConfig.from_dict(dict(checkpoint["videollm_model"])),
+                       checkpoint["videollm_tokens"])
+
+    # ---- loss -------------------------------------------------------------------------------
+    def targets(self, batch) -> torch.Tensor:
+        """Unshifted labels for this stage (-100 = no loss)."""
+        if self.stage == "sft":
+            return batch["labels"]
+        ids = batch["input_ids"]
+        labels = ids.masked_fill((ids == self.tokens[VIDEO_PAD]) | (ids == self.tokens[PAD]), -100)
+        cu = batch.get("cu_seqlens")
+        starts = cu[:-1].long() if cu is not None else torch.zeros(1, dtype=torch.long)
+        labels[:, starts.to(ids.device)] = -100          # nothing predicts a document's first token
+        return labels
+
+    def compute_loss(self, batch):
+        hidden = self.model.hidden_states(batch["input_ids"], batch.get("videos"),
+                                          batch.get("cu_seqlens"))
+        targets = self.targets(batch)[:, 1:]
+        n = int((targets != -100).sum())
+        if n == 0:                                       # e.g. a row of prompts only
+            return hidden.sum() * 0.0, 0
+        loss = linear_cross_entropy(hidden[:, :-1], self.model.lm.output_weight, targets,
+                                    chunk_size=self.loss_chunk_size)
+        return loss, n
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def documents(self, batch) -> list[dict]:
+        """Per sample: prompt ids (up to the reply), its videos, reference reply ids, meta."""
+        ids, labels = batch["input_ids"], batch["labels"]
+        cu = batch.get("cu_seqlens")
+        spans = ([(0, int(cu[i]), int(cu[i + 1])) for i in range(len(cu) - 1)] if cu is not None
+                 else [(r, 0, ids.shape[1]) for r in range(ids.shape[0])])
+        videos, metas, docs = iter(batch.get("videos") or []), iter(batch.get("meta") or []), []
+        for row, lo, hi in spans:
+            seq, lab = ids[row, lo:hi].tolist(), labels[row, lo:hi]
+            runs = sum(1 for i, t in enumerate(seq) if t == self.tokens[VIDEO_PAD]
+                       and (i == 0 or seq[i - 1] != t))
+            vids = [next(videos) for _ in range(runs)]
+            reply = (lab != -100).nonzero().flatten()
+            if len(reply) == 0:                           # padding document
+                continue
+            start = int(reply[0])
+            docs.append({"prompt": seq[:start], "videos": vids, "meta": next(metas, {}),
+                         "reference": [t for t in lab[start:].tolist() if t != -100]})
+        return docs
+
+    def metric(self, name: str, kind) -> nn.Module:
+        key = name.replace("/", "__")
+        if key not in self.metrics:
+            self.metrics[key] = kind().to(self.device)
+        return self.metrics[key]
+
+    def decode(self, ids: list[int]) -> str:
+        ids = [t for t in ids if t not in (self.tokens[IM_END], self.tokens[PAD])]
+        if self.tokenizer is None:
+            return " ".join(map(str, ids))
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def answer(self, docs: list[dict]) -> list[str]:
+        out = generate_multimodal(self.model, [d["prompt"] for d in docs],
+                                  [d["videos"] for d in docs], self.eval_cfg["max_new_tokens"],
+                                  stop_tokens=[self.tokens[IM_END]], pad_id=self.tokens[PAD])
+        return [self.decode(o) for o in out]
+
+    def score(self, split: str, docs: list[dict], replies: list[str]) -> None:
+        for d, reply in zip(docs, replies):
+            meta, task = d["meta"], d["meta"].get("task") or "unknown"
+            fmt, answer = meta.get("format"), str(meta.get("answer", ""))
+            if fmt == "mcq":
+                self.metric(f"{split}/mcq_acc/{task}", ChoiceAccuracy).update([reply], [answer])
+                self.metric(f"{split}/accuracy", ChoiceAccuracy).update([reply], [answer])
+            elif fmt == "span":
+                self.metric(f"{split}/tiou/{task}", TemporalIoU).update([reply], [meta.get("spans", [])])
+            elif fmt == "open":
+                # open answers by exact match, counted through the MCQ metric with one "letter"
+                hit = "A" if reply.strip().lower() == answer.strip().lower() else "-"
+                self.metric(f"{split}/open_acc/{task}", ChoiceAccuracy).update([hit], ["A"])
+                self.metric(f"{split}/accuracy", ChoiceAccuracy).update([hit], ["A"])
+
+    def evaluate(self, batch, batch_idx: int, split: str):
+        loss, _ = self.compute_loss(batch)
+        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=1)
+        if not self.eval_cfg["generate"]:
+            return loss
+        docs = self.documents(batch)
+        replies = self.answer(docs) if docs else []
+        self.score(split, docs, replies)
+        if batch_idx == 0:
+            self.log_samples(split, docs, replies)
+        return loss
+
+    def log_samples(self, split: str, docs, replies) -> None:
+        logger = self.logger
+        if logger is None or not hasattr(logger.experiment, "add_text"):
+            return
+        lines = []
+        for d, reply in list(zip(docs, replies))[: self.eval_cfg["log_samples"]]:
+            question = self.decode([t for t in d["prompt"] if t != self.tokens[VIDEO_PAD]])
+            lines.append(f"**Q** ({d['meta'].get('task')}): {question}  \n**model**: {reply}  \n"
+                         f"**reference**: {self.decode(d['reference'])}")
+        logger.experiment.add_text(f"{split}/samples", "\n\n---\n\n".join(lines), self.global_step)
+
+    def log_metrics(self) -> None:
+        for key, m in self.metrics.items():
+            if not m.update_called:
+                continue
+            self.log(key.replace("__", "/"), m.compute(), sync_dist=False)
+            m.reset()
+
+    def validation_step(self, batch, batch_idx):
+        return self.evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch, batch_idx):
+        return self.evaluate(batch, batch_idx, "test")
+
+    def on_validation_epoch_end(self):
+        self.log_metrics()
+
+    def on_test_epoch_end(self):
+        self.log_metrics()
+
+    def predict_step(self, batch, batch_idx):
+        docs = self.documents(batch)
+        replies = self.answer(docs) if docs else []
+        return [{"key": d["meta"].get("key"), "task": d["meta"].get("task"), "reply": r,
+                 "answer": d["meta"].get("answer")} for d, r in zip(docs, replies)]
