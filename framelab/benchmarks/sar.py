@@ -136,34 +136,31 @@ def plot(rows, path: str, n_tokens: int) -> None:
     sar = [r for r in rows if r["row"].startswith("SAR-")]
     mar = [r for r in rows if r["row"].startswith("MAR-like-")]
     ar = next(r for r in rows if r["row"] == "AR")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    ax = axes[0]
-    if "fid" in ar:
-        ax.plot([r["steps"] for r in sar], [r["fid"] for r in sar], "o-", label="SAR (random order)")
-        ax.plot([ar["steps"]], [ar["fid"]], "s", label="AR (raster, same model)")
-        arm = next((r for r in rows if r["row"] == "AR-model"), None)
+    arm = next((r for r in rows if r["row"] == "AR-model"), None)
+    quality = [("fid", "FID (local features, lower is better)"),
+               ("class_consistency", "class consistency (chance 0.025)")] if "fid" in ar else []
+    fig, axes = plt.subplots(1, len(quality) + 1, figsize=(5 * (len(quality) + 1), 4))
+    axes = list(axes) if quality else [axes]
+    for ax, (key, label) in zip(axes, quality):
+        ax.plot([r["steps"] for r in sar], [r[key] for r in sar], "o-", label="SAR, random order")
+        ax.plot([ar["steps"]], [ar[key]], "s", label="AR order, same model")
         if arm:
-            ax.plot([arm["steps"]], [arm["fid"]], "^", label="AR-only model")
-        ax2 = ax.twinx()
-        ax2.plot([r["steps"] for r in sar], [r["class_consistency"] for r in sar], "o--", color="gray")
-        ax2.set_ylabel("class consistency (dashed)")
-        ax.set_ylabel("FID (local features)")
-        ax.legend(fontsize=8)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("generation steps")
-    ax.set_title("quality vs steps")
-    ax = axes[1]
+            ax.plot([arm["steps"]], [arm[key]], "^", label="AR-only model, same budget")
+        ax.set_ylabel(label)
+    ax = axes[-1]
     ax.plot([r["steps"] for r in sar], [r["images_per_s"] for r in sar], "o-", label="SAR, KV cache")
-    ax.plot([r["steps"] for r in mar], [r["images_per_s"] for r in mar], "o-", label="MAR-like, no cache")
+    ax.plot([r["steps"] for r in mar], [r["images_per_s"] for r in mar], "o-",
+            label="MAR-like, no cache")
     ax.axhline(ar["images_per_s"], color="k", ls=":", label=f"AR ({n_tokens} steps, cache)")
-    ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("generation steps")
     ax.set_ylabel("images / s")
-    ax.set_title("speed vs steps")
-    ax.legend(fontsize=8)
+    for ax, title in zip(axes, [q[0] for q in quality] + ["speed"]):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("generation steps")
+        ax.set_title(f"{title} vs steps")
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     print(f"wrote {path}")
 
 
