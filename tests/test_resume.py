@@ -147,3 +147,52 @@ def test_gradients_of_two_processes_equal_one_process_on_the_union(tmp_path):
     for name, p in model.named_parameters():
         # tolerance: fp32, a different summation order (two halves averaged by all-reduce)
         torch.testing.assert_close(ddp_grads[name], p.grad, atol=1e-6, rtol=1e-5)
+
+
+PAPER = {
+    # tiny SAR: EMA weights, random set partitions and label dropout per step, VQ image tokens
+    "sar": ["experiment=sar", "logger=csv", "trainer.log_every_n_steps=1",
+            "trainer.val_check_interval=5", "trainer.limit_val_batches=1",
+            "callbacks.model_checkpoint.every_n_train_steps=3", "callbacks.sample_images.every_n_steps=1000",
+            "trainer.enable_progress_bar=false", "data.batch_size=8"],
+    # tiny video LLM: packed video-text rows, curriculum callback
+    "videollm_sft": ["experiment=videollm_sft", "logger=csv", "trainer.log_every_n_steps=1",
+                     "trainer.val_check_interval=5", "trainer.limit_val_batches=1",
+                     "callbacks.model_checkpoint.every_n_train_steps=3",
+                     "trainer.enable_progress_bar=false"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", list(PAPER))
+def test_paper_experiments_resume_exactly_after_sigterm(tmp_path, experiment):
+    args, steps = PAPER[experiment], 12
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FRAMELAB_CACHE": str(tmp_path / "cache")}
+
+    def run(extra, background=False):
+        cmd = [sys.executable, "-m", "framelab.cli", "fit", *args, f"trainer.max_steps={steps}",
+               *extra]
+        if background:
+            return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+        res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    run(["hydra.run.dir=ref"])
+    reference = losses(tmp_path / "ref")
+    assert sorted(reference) == list(range(steps))
+    proc = run(["hydra.run.dir=a"], background=True)
+    while not (tmp_path / "a" / "checkpoints" / "step0000003.ckpt").exists():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and "got SIGTERM" in out, out[-3000:]
+    run(["hydra.run.dir=b", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}",
+         "data.num_workers=1"])
+    first, second = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert 3 <= max(first) < steps - 1
+    assert sorted(second) == list(range(max(first) + 1, steps))
+    for step, (loss, _) in {**first, **second}.items():
+        assert loss == reference[step][0], (step, loss, reference[step][0])
