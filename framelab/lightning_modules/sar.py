@@ -75,6 +75,7 @@ class SARGenModule(FramelabModule):
                             "interval": "cosine", "seed": 0, "batch_size": 64, **(predict or {})}
         self.model: FullyMaskedTransformer | None = None
         self._decoder = None        # the datamodule's decode(tokens) -> images, kept from setup()
+        self._datamodule = None     # set by use_datamodule() when the trainer has none
         if all(self.model_cfg.get(k) is not None for k in DATA_KEYS):
             self.build(self.model_cfg)
 
@@ -83,8 +84,15 @@ class SARGenModule(FramelabModule):
         self.fmt_config = FMTConfig.from_dict({k: v for k, v in cfg.items() if v is not None})
         self.model = FullyMaskedTransformer(self.fmt_config)
 
+    def use_datamodule(self, datamodule) -> None:
+        """Take model sizes and decode() from `datamodule` when the trainer runs without one
+        (predicting from `predict_dataloader()`, whose requests come from `module.predict`)."""
+        self._datamodule = datamodule
+        self._decoder = getattr(datamodule, "decode", None)
+
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
+        dm = dm if dm is not None else self._datamodule
         if dm is not None and hasattr(dm, "decode"):
             self._decoder = dm.decode
         if self.model is not None:
