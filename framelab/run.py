@@ -108,6 +108,7 @@ def execute(verb: str, cfg):
     import lightning as L
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
+    from lightning.pytorch.utilities.model_helpers import is_overridden
     from omegaconf import OmegaConf
 
     from framelab.checkpoints import AtomicCheckpointIO, resolve_ckpt_path
@@ -144,6 +145,14 @@ def execute(verb: str, cfg):
         trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path)
     elif verb == "test":
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    elif is_overridden("predict_dataloader", module):
+        # the module says what to predict (e.g. SAR: classes × steps × orders), the data only
+        # supplies what the module needs from it (codebook, grid, decoder)
+        datamodule.prepare_data()
+        datamodule.setup("predict")
+        if hasattr(module, "use_datamodule"):
+            module.use_datamodule(datamodule)
+        trainer.predict(module, ckpt_path=ckpt_path, return_predictions=False)
     else:
         trainer.predict(module, datamodule=datamodule, ckpt_path=ckpt_path)
     value = trainer.callback_metrics.get(cfg.get("monitor"))

@@ -98,3 +98,16 @@ def test_tool_commands_report_user_errors_in_one_line(capsys, tmp_path):
     assert len(err.splitlines()) == 1 and err.startswith("framelab: error: "), err
     assert main(["bench", "nonexistent"]) == 2
     assert "unknown benchmark 'nonexistent'; choose one of" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_predict_writes_sample_pngs_for_the_requested_classes(tmp_path):
+    env_args = ["trainer.enable_progress_bar=false", "hydra.run.dir=runs/sar/one"]
+    res = framelab("fit", "experiment=sar", "trainer.max_steps=2", *env_args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = framelab("predict", "experiment=sar", "ckpt_path=last", "module.predict.classes=[3,7]",
+                   "module.predict.per_class=2", "module.predict.steps=[4]",
+                   "trainer.enable_progress_bar=false", "hydra.run.dir=runs/sar/pred", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    pngs = sorted(p.name for p in (tmp_path / "runs/sar/pred/samples").rglob("class*.png"))
+    assert [n[:7] for n in pngs] == ["class03", "class03", "class07", "class07"]
