@@ -9,7 +9,7 @@ import yaml
 
 @pytest.mark.slow
 def test_two_trial_optuna_study_completes(tmp_path):
-    cmd = [sys.executable, "-m", "framelab.cli", "fit", "hparams_search=debug_optuna",
+    cmd = [sys.executable, "-m", "framelab.cli", "fit", "experiment=debug", "hparams_search=debug_optuna",
            "hydra.sweeper.n_trials=2", "trainer.max_steps=4", "trainer.val_check_interval=2",
            "trainer.limit_val_batches=1", "logger=csv", "callbacks=none",
            "trainer.enable_progress_bar=false"]

@@ -11,7 +11,7 @@ NAMES = ["video_world", "video_needle", "video_future", "video_cue", "video_real
 
 @pytest.mark.parametrize("name", NAMES)
 def test_data_config_instantiates(name, tmp_path):
-    overrides = [f"data={name}", f"paths.cache_dir={tmp_path}"]
+    overrides = ["experiment=debug", f"data={name}", f"paths.cache_dir={tmp_path}"]  # no data keys set
     if name == "video_real":
         overrides.append(f"data.data_dir={tmp_path}")
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
