@@ -41,6 +41,8 @@ from framelab.models.multimodal import MultimodalLM
 STAGES = ("cpt", "sft")
 PARTS = ("vision", "projector", "lm")
 SHAPE_KEYS = ("kv_lora_rank", "qk_rope_dim")
+MCQ_MODES = ("score", "generate")   # option letters by log-prob after the prompt | greedy reply
+LETTERS = "ABCD"
 
 
 def load_weights_file(path: str) -> dict:
@@ -72,8 +74,11 @@ class VideoLLMModule(FramelabModule):
                             f"valid: {', '.join(PARTS)}")
         self.stage, self.freeze, self.init_from = stage, freeze, init_from
         self.model_cfg, self.vision_cfg = dict(model), dict(vision or {})
-        self.eval_cfg = {"max_new_tokens": 12, "log_samples": 4, "generate": True,
+        self.eval_cfg = {"max_new_tokens": 12, "log_samples": 4, "generate": True, "mcq": "score",
                          **(evaluation or {})}
+        if self.eval_cfg["mcq"] not in MCQ_MODES:
+            raise UserError(f"module.evaluation.mcq={self.eval_cfg['mcq']!r}; choose one of "
+                            f"{', '.join(MCQ_MODES)}")
         self.loss_chunk_size = loss_chunk_size
         self.model: MultimodalLM | None = None
         self.tokens: dict[str, int] = {}
@@ -154,15 +159,19 @@ class VideoLLMModule(FramelabModule):
         return labels
 
     def compute_loss(self, batch):
+        return self.loss_and_hidden(batch)[:2]
+
+    def loss_and_hidden(self, batch):
+        """(loss, loss tokens, hidden states) of a batch."""
         hidden = self.model.hidden_states(batch["input_ids"], batch.get("videos"),
                                           batch.get("cu_seqlens"))
         targets = self.targets(batch)[:, 1:]
         n = int((targets != -100).sum())
         if n == 0:                                       # e.g. a row of prompts only
-            return hidden.sum() * 0.0, 0
+            return hidden.sum() * 0.0, 0, hidden
         loss = linear_cross_entropy(hidden[:, :-1], self.model.lm.output_weight, targets,
                                     chunk_size=self.loss_chunk_size)
-        return loss, n
+        return loss, n, hidden
 
     # ---- evaluation -------------------------------------------------------------------------
     def documents(self, batch) -> list[dict]:
@@ -182,7 +191,8 @@ class VideoLLMModule(FramelabModule):
                 continue
             start = int(reply[0])
             docs.append({"prompt": seq[:start], "videos": vids, "meta": next(metas, {}),
-                         "reference": [t for t in lab[start:].tolist() if t != -100]})
+                         "reference": [t for t in lab[start:].tolist() if t != -100],
+                         "row": row, "start": lo + start})
         return docs
 
     def metric(self, name: str, kind) -> nn.Module:
@@ -218,15 +228,37 @@ class VideoLLMModule(FramelabModule):
                 self.metric(f"{split}/open_acc/{task}", ChoiceAccuracy).update([hit], ["A"])
                 self.metric(f"{split}/accuracy", ChoiceAccuracy).update([hit], ["A"])
 
+    def letter_ids(self) -> list[int] | None:
+        """Token ids of the option letters A-D when each is one token (else None: generate)."""
+        if not hasattr(self, "_letter_ids"):
+            ids = None
+            if self.tokenizer is not None:
+                enc = [self.tokenizer.encode(c, add_special_tokens=False).ids for c in LETTERS]
+                ids = [e[0] for e in enc] if all(len(e) == 1 for e in enc) else None
+            self._letter_ids = ids
+        return self._letter_ids
+
+    def choose_letters(self, hidden: torch.Tensor, docs: list[dict]) -> list[str]:
+        """Per document, the option letter with the highest log-prob right after the prompt."""
+        letters = torch.tensor(self.letter_ids(), device=hidden.device)
+        h = torch.stack([hidden[d["row"], d["start"] - 1] for d in docs])
+        logits = self.model.lm.logits(h)[:, letters]
+        return [LETTERS[i] for i in logits.argmax(-1).tolist()]
+
     def evaluate(self, batch, batch_idx: int, split: str):
-        loss, _ = self.compute_loss(batch)
+        loss, _, hidden = self.loss_and_hidden(batch)
         self.log(f"{split}/loss", loss, prog_bar=True, batch_size=1)
-        if not self.eval_cfg["generate"]:
-            return loss
         docs = self.documents(batch)
-        replies = self.answer(docs) if docs else []
+        scored = (self.eval_cfg["mcq"] == "score" and self.letter_ids() is not None)
+        by_score = [d for d in docs if scored and d["meta"].get("format") == "mcq"]
+        rest = [d for d in docs if not (scored and d["meta"].get("format") == "mcq")]
+        if not self.eval_cfg["generate"]:
+            rest = []
+        docs = by_score + rest
+        replies = (self.choose_letters(hidden, by_score) if by_score else []) + (
+            self.answer(rest) if rest else [])
         self.score(split, docs, replies)
-        if batch_idx == 0:
+        if batch_idx == 0 and docs:
             self.log_samples(split, docs, replies)
         return loss
 

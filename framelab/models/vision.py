@@ -1,6 +1,6 @@
 """Vision encoder over video frames, and the projector into the LM width.
 
-A video (T, 3, H, W) with T a multiple of `temporal_patch` is cut into tubelets of
+A video (T, 3, H, W) of pixels in [0, 1] (normalised to [-1, 1] here), with T a multiple of `temporal_patch` is cut into tubelets of
 temporal_patch × patch_size × patch_size pixels, embedded by one linear map (a Conv3d whose stride
 equals its kernel), encoded by pre-norm transformer blocks with 2D rotary (h, w) positions, and
 merged `merge` × `merge` spatially by the projector (concatenate neighbours -> MLP -> LM width).
@@ -50,12 +50,21 @@ class VisionEncoder(nn.Module):
                   cfg.norm_eps, qk_norm=False) for _ in range(cfg.depth))
         self.norm = RMSNorm(cfg.width, cfg.norm_eps)
         self.rotary = RotaryEmbedding(head_dim, cfg.rope_theta, (head_dim // 4, head_dim // 4))
+        # 2D rotary as in Qwen2-VL's vision tower: h and w each get the *full* frequency range
+        # (the plain contiguous split would give w only the lowest frequencies, under 0.01 rad
+        # per patch at head_dim 32 -- the encoder could not tell columns apart)
+        quarter = head_dim // 4
+        per_axis = 1.0 / (cfg.rope_theta ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+        self.rotary.inv_freq.copy_(torch.cat([per_axis, per_axis]))
 
     def _tubelets(self, video: torch.Tensor):
         """(T, C, H, W) -> patches (N, patch_dim) in merged order, (h, w) positions, tokens/step."""
         cfg, p, m, tp = self.cfg, self.cfg.patch_size, self.cfg.merge, self.cfg.temporal_patch
         frames, c, height, width = video.shape
         t, hm, wm = merged_grid(frames, height, width, cfg)
+        # pixels [0, 1] -> [-1, 1] (the normalisation Qwen2-VL's processor applies): raw [0, 1]
+        # input makes every token carry a large shared background component and training stalls
+        video = (video - 0.5) / 0.5
         if frames % tp:  # pad time by repeating the last frame
             video = torch.cat([video, video[-1:].expand(tp - frames % tp, -1, -1, -1)])
         x = video.reshape(t, tp, c, hm, m, p, wm, m, p)

@@ -135,3 +135,29 @@ def test_init_from_loads_weights_only(tmp_path, cache):
     mla.trainer = trainer
     with pytest.raises(UserError, match="attention"):
         mla.setup("fit")
+
+
+class LetterTokenizer:
+    """Stand-in tokenizer: every option letter is one token (id 10 + index)."""
+
+    def encode(self, text, add_special_tokens=False):
+        return type("E", (), {"ids": [10 + "ABCD".index(text)]})()
+
+
+def test_mcq_scored_by_option_letter_logprob():
+    """evaluation.mcq=score: the letter with the highest logit right after each prompt is the
+    reply; the denominator is every MCQ document of the batch."""
+    m = built()
+    m.tokenizer = LetterTokenizer()
+    hidden = torch.zeros(1, 10, m.config.hidden)
+    w = m.model.lm.output_weight.detach()
+    hidden[0, 2] = w[12] * 10          # doc 0: prompt ends at 2 -> "C"
+    hidden[0, 6] = w[10] * 10          # doc 1: prompt ends at 6 -> "A"
+    docs = [{"row": 0, "start": 3, "meta": {"task": "describe", "format": "mcq", "answer": "C"}},
+            {"row": 0, "start": 7, "meta": {"task": "describe", "format": "mcq", "answer": "B"}}]
+    replies = m.choose_letters(hidden, docs)
+    assert replies == ["C", "A"]
+    m.score("val", docs, replies)
+    assert float(m.metrics["val__mcq_acc__describe"].compute()) == pytest.approx(0.5)
+    with pytest.raises(UserError):
+        module(evaluation={"mcq": "logits"})

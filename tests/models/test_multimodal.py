@@ -74,3 +74,27 @@ def test_vision_gradients_reach_the_encoder():
     ids = torch.tensor([[1] + [VID] * 8 + [2]])
     mm(ids, [torch.rand(4, 3, 32, 32)]).logits.sum().backward()
     assert mm.vision.patch_embed.weight.grad.abs().sum() > 0
+
+
+def test_vision_rotary_resolves_rows_and_columns_alike():
+    """Each of the vision encoder's 2D rotary axes spans the full frequency range (Qwen2-VL): a
+    one-patch step along w rotates some frequency pair as much as a step along h. (Regression:
+    a contiguous split gave w only the lowest frequencies, < 0.01 rad per patch.)"""
+    from framelab.models.vision import VisionEncoder
+
+    enc = VisionEncoder(VisionConfig(width=64, heads=2))
+    origin = enc.rotary(torch.zeros(2, 1, 1, dtype=torch.long))[1]
+    for step in ([[[1]], [[0]]], [[[0]], [[1]]]):            # one patch down / right
+        sin = enc.rotary(torch.tensor(step))[1]
+        assert float((sin - origin).abs().max()) > 0.5
+
+
+def test_vision_input_is_centred():
+    """Pixels in [0, 1] reach the patch embedding centred on zero (mid-grey -> 0, black -> -1).
+    (Regression: raw [0, 1] input on a dark background stalled learning from video.)"""
+    from framelab.models.vision import VisionEncoder
+
+    enc = VisionEncoder(VisionConfig(width=32, heads=2))
+    grey, _, _, _ = enc._tubelets(torch.full((2, 3, 32, 32), 0.5))
+    black, _, _, _ = enc._tubelets(torch.zeros(2, 3, 32, 32))
+    assert float(grey.abs().max()) == 0.0 and float(black.max()) == -1.0
