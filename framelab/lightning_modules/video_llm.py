@@ -14,10 +14,11 @@
 The model is built in `setup()` because the vocabulary and the video placeholder id come from the
 datamodule's tokenizer; its resolved config and token ids are stored in every checkpoint.
 
-Evaluation (`validate`/`test`): each packed document's prompt (everything before the assistant's
-reply) is answered by greedy cached generation (`generate_multimodal`), and scored per task and
-question format: multiple choice by `extract_choice` (denominator: every MCQ question, unanswered
-= wrong), open answers by exact match, "when" spans by temporal IoU. Metric names:
+Evaluation (`validate`/`test`): multiple-choice questions are answered by option-letter scoring
+(`evaluation.mcq=score`: the letter A-D with the highest logit right after the prompt, from the
+loss forward pass) or, with `mcq=generate`, by greedy cached generation (`generate_multimodal`) and
+`extract_choice` (denominator: every MCQ question, unanswered = wrong); open answers (exact match)
+and "when" spans (temporal IoU) are generated when `evaluation.generate` is true. Metric names:
 `<split>/mcq_acc/<task>`, `<split>/open_acc/<task>`, `<split>/tiou/<task>`, `<split>/accuracy` (all
 MCQ + open questions) and `<split>/loss`. A few question/answer samples go to TensorBoard as text.
 """
