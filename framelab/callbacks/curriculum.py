@@ -4,22 +4,19 @@
              {step: 600, max_frames: 128, max_tokens: 16384, rope_theta: 5.0e6}]
 
 Phase i is in force from optimizer step `phases[i].step` on. Each key is optional per phase; an
-absent key keeps the previous phase's value. Entering a phase:
-- `max_frames` -> `datamodule.set_max_frames(n)` (reaches running DataLoader workers);
-- `max_tokens` -> `datamodule.set_max_tokens(n)` (the packed-row token budget); a datamodule
-  without that setter is a one-line error;
-- `rope_theta` -> `model.set_rope_theta(theta)` on the LM (InternVideo3 does not publish a per-phase
-  RoPE base; it is an option here, off unless given).
+absent key keeps the previous phase's value.
+- `max_frames`, `max_tokens`: with a datamodule that takes a schedule (`set_budget_schedule`, the
+  video-text one), the phases are handed to it at fit start, converted to training-batch indices
+  (step × accumulate_grad_batches): batch b is then decoded and packed under the budget of the
+  phase of its step, exactly from that step on, whatever was prefetched, and a resumed run gets
+  the very batches of the uninterrupted one (tested). Other datamodules get `set_max_frames(n)` /
+  `set_max_tokens(n)` when a phase is entered (from the next fetched batch on); one without the
+  setter a phase asks for is a one-line error.
+- `rope_theta` -> `model.set_rope_theta(theta)` on the LM, at the end of the step before the phase
+  (InternVideo3 does not publish a per-phase RoPE base; it is an option here, off unless given).
 The run is never restarted. Logged every step: `curriculum/phase`, `curriculum/max_frames`,
-`curriculum/max_tokens`, `curriculum/rope_theta` (what is in force).
-
-Timing, stated: a phase is entered at the end of the step before it (the rotary base takes effect
-from its first step); Lightning has the next batch fetched by then, so a new data budget reaches
-the batches from `step + 1` on (measured in tests/lightning_modules/test_video_llm.py). Resume:
-the phase in force is saved in the checkpoint (`state_dict`) and re-applied in `on_fit_start`,
-before the resumed run fetches its first batches, so budgets and rotary base continue as in the
-uninterrupted run; the one exception is a resume exactly at a phase's first step, whose first batch
-gets the new budget one batch early.
+`curriculum/max_tokens`, `curriculum/rope_theta` (what is in force). Resume: the phase in force
+is saved in the checkpoint and re-applied in `on_fit_start`, before the first batches are fetched.
 
 The paper (InternVideo3 SFT) grows the sequence length to 32K with 379K long videos; its exact
 phase boundaries are unknown, hence a config list.
@@ -65,11 +62,22 @@ class ShortToLongCurriculum(Callback):
     def in_force(self) -> dict:
         return dict(self.phases[self.current]) if self.current is not None else {}
 
+    def scheduled(self, trainer) -> bool:
+        """Hand the data budgets to the datamodule as a schedule by batch, when it takes one."""
+        dm = trainer.datamodule
+        if not hasattr(dm, "set_budget_schedule"):
+            return False
+        every = max(1, int(getattr(trainer, "accumulate_grad_batches", 1) or 1))
+        dm.set_budget_schedule([{"batch": p["step"] * every, "max_frames": p["max_frames"],
+                                 "max_tokens": p["max_tokens"]} for p in self.phases])
+        return True
+
     def apply(self, trainer, pl_module, index: int) -> None:
         phase, dm = self.phases[index], trainer.datamodule
-        if phase["max_frames"] is not None:
+        by_batch = getattr(self, "by_batch", False)
+        if phase["max_frames"] is not None and not by_batch:
             dm.set_max_frames(int(phase["max_frames"]))
-        if phase["max_tokens"] is not None:
+        if phase["max_tokens"] is not None and not by_batch:
             if not hasattr(dm, "set_max_tokens"):
                 raise UserError(f"curriculum phase {index} sets max_tokens but {type(dm).__name__} "
                                 "has no set_max_tokens(n); drop max_tokens from the phases")
@@ -86,6 +94,7 @@ class ShortToLongCurriculum(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         # before the first batches are fetched: the phase saved in the checkpoint (resume) or the
         # one of the current step (a fresh run: phase 0)
+        self.by_batch = self.scheduled(trainer)
         saved = (self.restored or {}).get("phase")
         self.apply(trainer, pl_module, saved if saved is not None else self.phase_at(trainer.global_step))
 

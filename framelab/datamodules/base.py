@@ -124,7 +124,12 @@ class StreamingDataModule(L.LightningDataModule):
         state = self.state if train else StreamState()
         return LockstepLoader(stream, self._plan(train), self._collate(), state,
                               num_workers=self.num_workers, track_position=train,
-                              max_skip_rate=self.max_skip_rate, skip_check_after=self.skip_check_after)
+                              max_skip_rate=self.max_skip_rate, skip_check_after=self.skip_check_after,
+                              budget=self._batch_budget() if train else None)
+
+    def _batch_budget(self):
+        """None, or `budget(b) -> key` setting training batch b's budget (see lockstep.py)."""
+        return None
 
     def train_dataloader(self):
         loader = self._loader("train", train=True)
@@ -147,13 +152,14 @@ class StreamingDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         st = self.state
         return {"epoch": st.epoch, "consumed": st.consumed, "num_samples": st.num_samples,
-                "seed": self.seed, "skipped": st.skipped, "seen": st.seen}
+                "seed": self.seed, "skipped": st.skipped, "seen": st.seen, "batches": st.batches}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed", self.seed) != self.seed:
             raise UserError(f"checkpoint data seed {state['seed']} differs from data.seed {self.seed}; "
                             "resume with the same seed for an exact data order")
         self.state.epoch, self.state.consumed = int(state["epoch"]), int(state["consumed"])
+        self.state.batches = int(state.get("batches", 0))
         self.state.num_samples = state.get("num_samples")
 
     @property
@@ -165,7 +171,7 @@ class StreamingDataModule(L.LightningDataModule):
         if isinstance(batch, dict):
             pos = batch.pop("_position", None)
             if pos is not None:
-                self.state.epoch, self.state.consumed = pos
+                self.state.epoch, self.state.consumed, self.state.batches = pos
                 self._log_skips()
         return batch
 

@@ -11,10 +11,14 @@ import torch
 from framelab.datamodules.chat import IGNORE
 
 
-def token_budget_plan(max_tokens: int, max_samples: int = 0):
+def token_budget_plan(max_tokens, max_samples: int = 0):
     """Greedy packing: items in order while their tokens fit in max_tokens (at least one real item;
-    at most max_samples real items when > 0)."""
+    at most max_samples real items when > 0). `max_tokens` may be a callable, read per batch (a
+    budget that a curriculum changes during the run)."""
+    budget = max_tokens if callable(max_tokens) else (lambda: max_tokens)
+
     def plan(pending, pull) -> int:
+        max_tokens = budget()
         total = real = i = 0
         while True:
             if i == len(pending) and not pull():

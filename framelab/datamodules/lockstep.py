@@ -10,9 +10,17 @@ ranks agree on it with one all-gather of four integers per step (a gloo group), 
 their skip counts. A rank whose remaining items are all corrupt gets a batch with no documents
 (collate decides its form). Every rank sees the same number of batches per epoch.
 
-The position of a training batch travels in batch["_position"] = (epoch, consumed after it); the
-datamodule records it when Lightning hands the batch over (`on_before_batch_transfer`), so a
-checkpoint stores the position of the last batch actually trained on, not of prefetched ones.
+The position of a training batch travels in batch["_position"] = (epoch, consumed after it,
+training batches so far); the datamodule records it when Lightning hands the batch over
+(`on_before_batch_transfer`), so a checkpoint stores the position of the last batch actually
+trained on, not of prefetched ones.
+
+Budgets that change during a run (a short-to-long curriculum's frames and tokens per row) are
+keyed to the batch index, not to wall-clock time: `budget(b)` sets the budget of training batch b
+and returns its key, and every item that goes into batch b was decoded under that key (an item a
+worker decoded earlier under another budget is decoded again here). A batch is therefore a pure
+function of (data position, batch index), which is what makes a resumed run's batches identical
+to the uninterrupted run's, across budget changes and whatever the prefetching.
 """
 from __future__ import annotations
 
@@ -53,6 +61,7 @@ class StreamState:
     skipped: int = 0                                   # all ranks together
     seen: int = 0                                      # all ranks together
     seen_local: int = 0                                # this rank
+    batches: int = 0                                   # training batches handed over, all epochs
     num_samples: int | None = None                     # size of the training set the position is in
     reasons: Counter = field(default_factory=Counter)  # this rank
     shards: Counter = field(default_factory=Counter)   # this rank
@@ -71,13 +80,14 @@ class LockstepLoader:
 
     def __init__(self, stream: SampleStream, plan, collate, state: StreamState, *, num_workers: int = 0,
                  track_position: bool = True, max_skip_rate: float = 0.05, skip_check_after: int = 64,
-                 prefetch_factor: int = 2):
+                 prefetch_factor: int = 2, budget=None):
         self.stream, self.plan, self.collate, self.state = stream, plan, collate, state
         self.num_workers = num_workers
         self.track_position = track_position
         self.max_skip_rate = max_skip_rate
         self.skip_check_after = skip_check_after
         self.prefetch_factor = prefetch_factor
+        self.budget = budget if track_position else None
 
     def _loader(self) -> DataLoader:
         extra = {"prefetch_factor": self.prefetch_factor} if self.num_workers else {}
@@ -93,16 +103,27 @@ class LockstepLoader:
         self.stream.configure(epoch, consumed, rank, world)
         source = iter(self._loader())
         pending: deque = deque()
+        batches, key = self.state.batches, None
+
+        def current(item: dict) -> dict:
+            """The item as decoded under this batch's budget."""
+            if key is None or item.get("_budget", key) == key:
+                return item
+            return self.stream.item(item["_index"], item["_pos"])
 
         def pull() -> bool:
             try:
-                pending.append(next(source))
+                pending.append(current(next(source)))
                 return True
             except StopIteration:
                 return False
 
         group = _group() if world > 1 else None
         while True:
+            if self.budget is not None:
+                key = self.budget(batches)
+                for i, item in enumerate(pending):
+                    pending[i] = current(item)
             count = self.plan(pending, pull)
             need = next((i + 1 for i, it in enumerate(pending) if i < count and "_skip" not in it), 0)
             count = self._agree(count, need, world, group)
@@ -112,8 +133,9 @@ class LockstepLoader:
             self._count_skips(items)
             batch = self.collate(items)
             consumed += count * world
+            batches += 1
             if self.track_position:
-                batch["_position"] = (epoch, consumed)
+                batch["_position"] = (epoch, consumed, batches)
             yield batch
         self._check_skips(final=True)
 

@@ -10,7 +10,10 @@ sees its items in order whatever K is.
 
 Items are dicts made by a `transform(members, ref)` (which may say which members it reads with a
 `wants(ext) -> bool` method, so unused members such as ground truth are never read); a sample that cannot be used becomes a skip
-item {"_skip": reason}, so positions never shift. Every item carries _pos, _key and _shard.
+item {"_skip": reason}, so positions never shift. Every item carries _pos, _index, _key and _shard.
+A transform whose output depends on a budget that changes during the run (frames, tokens) has a
+`budget()` method; its value is read once per item, handed to the transform, and kept as
+item["_budget"], so the batcher can tell items decoded under another budget and decode them again.
 """
 from __future__ import annotations
 
@@ -68,15 +71,19 @@ class SampleStream(IterableDataset):
     def item(self, index: int, pos: int) -> dict:
         """Transformed sample `index` (or a skip item), tagged with its position."""
         ref = self.shards.refs[index]
+        budget = self.transform.budget() if hasattr(self.transform, "budget") else None
         try:
             wants = getattr(self.transform, "wants", None)
             exts = None if wants is None else [e for e in ref.members if wants(e)]
-            item = self.transform(self.shards.read(index, exts), ref)
+            members = self.shards.read(index, exts)
+            item = self.transform(members, ref) if budget is None else self.transform(members, ref, budget)
         except SampleError as e:
             item = {"_skip": e.reason}
         except Exception as e:  # noqa: BLE001 - one bad sample must never stop a rank
             log.warning("sample %s of %s failed: %s: %s", ref.key, self.shards.shard_name(index),
                         type(e).__name__, e)
             item = {"_skip": f"error:{type(e).__name__}"}
-        item.update(_pos=pos, _key=ref.key, _shard=self.shards.shard_name(index))
+        item.update(_pos=pos, _index=index, _key=ref.key, _shard=self.shards.shard_name(index))
+        if budget is not None:
+            item["_budget"] = budget
         return item

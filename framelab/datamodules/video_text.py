@@ -13,8 +13,9 @@ in [0, 1], T even, in order of their vision blocks; future_videos when load_futu
 meta (task, answer, choices, spans, ... per sample). A sample too long for max_tokens even at
 2 frames is skipped as "too_long"; otherwise its frames are reduced until it fits.
 
-The max-frames budget lives in shared memory: `set_max_frames(n)` (e.g. from a curriculum callback)
-reaches running workers; batches already prefetched keep the old budget. Workers are never
+The budgets live in shared memory: `set_max_frames(n)` and `set_max_tokens(n)` (e.g. from a
+curriculum callback) reach running workers and the packer; items already decoded keep the budget
+they were decoded with. Workers are never
 persistent (each epoch's workers are configured with that epoch's start position).
 """
 from __future__ import annotations
@@ -36,16 +37,20 @@ class VideoTransform:
     """Worker-side: shard members -> tokenized item (see module docstring)."""
 
     def __init__(self, encoder: ChatEncoder, size: tuple[int, int], patch: int, sampling: str,
-                 sample_fps: float, budget: torch.Tensor, max_tokens: int, load_future: bool):
+                 sample_fps: float, budget: torch.Tensor, pack: bool, load_future: bool):
         self.encoder, self.size, self.patch = encoder, size, patch
-        self.sampling, self.sample_fps, self.budget = sampling, sample_fps, budget
-        self.max_tokens, self.load_future = max_tokens, load_future
+        self.sampling, self.sample_fps, self.budget_tensor = sampling, sample_fps, budget
+        self.pack, self.load_future = pack, load_future
 
     def wants(self, ext: str) -> bool:
         """Members read per sample: the annotation, the frames (and future frames when loaded)."""
         return ext == "json" or frame_member(ext) or (self.load_future and frame_member(ext, "future."))
 
-    def __call__(self, members: dict, ref) -> dict:
+    def budget(self) -> tuple[int, int]:
+        """(max frames, max tokens per packed row; 0 when not packing) in force now."""
+        return int(self.budget_tensor[0]), int(self.budget_tensor[1]) if self.pack else 0
+
+    def __call__(self, members: dict, ref, budget: tuple[int, int] | None = None) -> dict:
         ann = annotation(members)
         conv = ann.get("conversations")
         if not isinstance(conv, list) or not all(
@@ -53,15 +58,15 @@ class VideoTransform:
                 for m in conv):
             raise SampleError("bad_json", "conversations must be a list of {role, content}")
         source = FrameSource(members, "", ann.get("num_frames"))
-        limit = int(self.budget[0])
+        limit, max_tokens = budget or self.budget()
         try:
             ids, labels = self.encoder.encode(conv, [0])
         except ValueError as e:
             raise SampleError("bad_conversation", str(e)) from None
         base = len(ids)
-        if self.max_tokens:
+        if max_tokens:
             per_pair = vision_tokens(2, *self.size, self.patch)
-            fit = 2 * ((self.max_tokens - base) // per_pair)
+            fit = 2 * ((max_tokens - base) // per_pair)
             if fit < 2:
                 raise SampleError("too_long", f"{base} text tokens leave no room for 2 frames")
             limit = min(limit, fit)
@@ -108,11 +113,13 @@ class VideoTextDataModule(StreamingDataModule):
         if pack and max_tokens <= 0:
             raise UserError("data.max_tokens must be > 0 when data.pack is true")
         self.patch_size, self.frame_sampling, self.sample_fps = patch_size, frame_sampling, sample_fps
-        self.pack, self.max_tokens, self.max_samples_per_pack = pack, max_tokens, max_samples_per_pack
+        self.pack, self.max_samples_per_pack = pack, max_samples_per_pack
         self.pad_to_multiple_of, self.batch_size, self.load_future = pad_to_multiple_of, batch_size, load_future
         self.tokenizer_path, self.tokenizer_vocab_size = tokenizer_path, tokenizer_vocab_size
         self.system_prompt = system_prompt
-        self._budget = torch.tensor([max_frames], dtype=torch.int64).share_memory_()
+        self._budget = torch.tensor([max_frames, max_tokens], dtype=torch.int64).share_memory_()
+        self._initial_budget = (max_frames, max_tokens)
+        self._schedule: list[dict] | None = None
         self.tokenizer = None
         self.encoder: ChatEncoder | None = None
         self.special_ids: dict[str, int] = {}
@@ -138,7 +145,7 @@ class VideoTextDataModule(StreamingDataModule):
     def pad_id(self) -> int:
         return self.special_ids[PAD]
 
-    # frame budget ---------------------------------------------------------------------------
+    # budgets ----------------------------------------------------------------------------------
     @property
     def max_frames(self) -> int:
         return int(self._budget[0])
@@ -149,16 +156,51 @@ class VideoTextDataModule(StreamingDataModule):
             raise UserError(f"max_frames must be >= 2, got {n}")
         self._budget[0] = int(n)
 
+    @property
+    def max_tokens(self) -> int:
+        return int(self._budget[1])
+
+    def set_max_tokens(self, n: int) -> None:
+        """Change the packed-row token budget for rows formed and samples decoded from now on."""
+        if not self.pack:
+            raise UserError("set_max_tokens needs data.pack=true (the budget is a packed row's size)")
+        if n < 1:
+            raise UserError(f"max_tokens must be >= 1, got {n}")
+        self._budget[1] = int(n)
+
+    def set_budget_schedule(self, phases: list[dict] | None) -> None:
+        """Budgets by training batch: [{batch: b, max_frames: n, max_tokens: m}, ...] (a key left
+        out or None keeps the previous phase's value; before the first phase, the configured
+        ones). Batch b's budget is then a pure function of b, so resumed runs see exactly the
+        uninterrupted run's batches (set by the curriculum callback; None: off)."""
+        self._schedule = sorted((dict(p) for p in phases), key=lambda p: p["batch"]) if phases else None
+
+    def _batch_budget(self):
+        if not getattr(self, "_schedule", None):
+            return lambda b: (self.max_frames, self.max_tokens if self.pack else 0)
+        initial = (self._initial_budget[0], self._initial_budget[1])
+
+        def budget(b: int) -> tuple[int, int]:
+            frames, tokens = initial
+            for phase in self._schedule:
+                if phase["batch"] > b:
+                    break
+                frames = phase.get("max_frames") or frames
+                tokens = phase.get("max_tokens") or tokens
+            self._budget[0], self._budget[1] = frames, tokens
+            return frames, tokens if self.pack else 0
+        return budget
+
     # pieces for the base class ----------------------------------------------------------------
     def _transform(self, split: str) -> VideoTransform:
         self.setup()
         return VideoTransform(self.encoder, self.image_size, self.patch_size, self.frame_sampling,
-                              self.sample_fps, self._budget, self.max_tokens if self.pack else 0,
-                              self.load_future)
+                              self.sample_fps, self._budget, self.pack, self.load_future)
 
     def _plan(self, train: bool):
         if self.pack:
-            return token_budget_plan(self.max_tokens, self.max_samples_per_pack)
+            budget = self._budget
+            return token_budget_plan(lambda: int(budget[1]), self.max_samples_per_pack)
         return batch_size_plan(self.batch_size)
 
     def _collate(self):

@@ -20,7 +20,8 @@ loss forward pass) or, with `mcq=generate`, by greedy cached generation (`genera
 `extract_choice` (denominator: every MCQ question, unanswered = wrong); open answers (exact match)
 and "when" spans (temporal IoU) are generated when `evaluation.generate` is true. Metric names:
 `<split>/mcq_acc/<task>`, `<split>/open_acc/<task>`, `<split>/tiou/<task>`, `<split>/accuracy` (all
-MCQ + open questions) and `<split>/loss`. A few question/answer samples go to TensorBoard as text.
+MCQ + open questions) and `<split>/loss`; MCQ accuracy is also logged per question type
+(`<split>/mcq_acc/<task>/<qtype>`, e.g. `describe/colour`). A few question/answer samples go to TensorBoard as text.
 """
 from __future__ import annotations
 
@@ -176,24 +177,30 @@ class VideoLLMModule(FramelabModule):
 
     # ---- evaluation -------------------------------------------------------------------------
     def documents(self, batch) -> list[dict]:
-        """Per sample: prompt ids (up to the reply), its videos, reference reply ids, meta."""
+        """Per assistant reply of every sample: the prompt ids up to the reply (earlier turns and
+        their reference replies included), the sample's videos, the reference reply ids and the
+        meta of that turn (`meta["turns"][j]` over the sample's meta for multi-question samples)."""
         ids, labels = batch["input_ids"], batch["labels"]
         cu = batch.get("cu_seqlens")
         spans = ([(0, int(cu[i]), int(cu[i + 1])) for i in range(len(cu) - 1)] if cu is not None
                  else [(r, 0, ids.shape[1]) for r in range(ids.shape[0])])
         videos, metas, docs = iter(batch.get("videos") or []), iter(batch.get("meta") or []), []
         for row, lo, hi in spans:
-            seq, lab = ids[row, lo:hi].tolist(), labels[row, lo:hi]
+            seq, lab = ids[row, lo:hi].tolist(), labels[row, lo:hi].tolist()
             runs = sum(1 for i, t in enumerate(seq) if t == self.tokens[VIDEO_PAD]
                        and (i == 0 or seq[i - 1] != t))
             vids = [next(videos) for _ in range(runs)]
-            reply = (lab != -100).nonzero().flatten()
-            if len(reply) == 0:                           # padding document
+            starts = [i for i, t in enumerate(lab) if t != -100 and (i == 0 or lab[i - 1] == -100)]
+            if not starts:                                # padding document
                 continue
-            start = int(reply[0])
-            docs.append({"prompt": seq[:start], "videos": vids, "meta": next(metas, {}),
-                         "reference": [t for t in lab[start:].tolist() if t != -100],
-                         "row": row, "start": lo + start})
+            meta = next(metas, {})
+            turns = meta.get("turns") or [{}]
+            for j, start in enumerate(starts):
+                end = next((i for i in range(start, len(lab)) if lab[i] == -100), len(lab))
+                # a later reply with no turn record (e.g. real multi-turn data) is not scored
+                turn = turns[j] if j < len(turns) else {"format": None}
+                docs.append({"prompt": seq[:start], "videos": vids, "meta": {**meta, **turn},
+                             "reference": lab[start:end], "row": row, "start": lo + start})
         return docs
 
     def metric(self, name: str, kind) -> nn.Module:
@@ -220,6 +227,9 @@ class VideoLLMModule(FramelabModule):
             fmt, answer = meta.get("format"), str(meta.get("answer", ""))
             if fmt == "mcq":
                 self.metric(f"{split}/mcq_acc/{task}", ChoiceAccuracy).update([reply], [answer])
+                if meta.get("qtype"):                    # per question type, e.g. describe/colour
+                    self.metric(f"{split}/mcq_acc/{task}/{meta['qtype']}",
+                                ChoiceAccuracy).update([reply], [answer])
                 self.metric(f"{split}/accuracy", ChoiceAccuracy).update([reply], [answer])
             elif fmt == "span":
                 self.metric(f"{split}/tiou/{task}", TemporalIoU).update([reply], [meta.get("spans", [])])

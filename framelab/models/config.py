@@ -45,7 +45,10 @@ class ModelConfig:
     kv_lora_rank: int | None = None   # latent width d_c cached per token [kv_heads * head_dim]
     qk_rope_dim: int | None = None    # rotary dims kept per kv group, even [head_dim // 2]
     max_position: int = 40960
-    init_std: float = 0.02
+    # std of the normal init of every linear/embedding weight; None: hidden ** -0.5. A fixed 0.02
+    # (Qwen3's initializer_range, set on the qwen3-* presets) is ~1/sqrt(d) only at d ~ 2500: at
+    # the tiny widths it shrinks every sublayer's output ~4x and training sits on a long plateau
+    init_std: float | None = None
     vision: VisionConfig | None = None
 
     def __post_init__(self):
@@ -79,6 +82,10 @@ class ModelConfig:
                 raise ValueError(f"model.kv_lora_rank={self.kv_lora_rank} must be >= 1")
 
     @property
+    def weight_std(self) -> float:
+        return self.init_std if self.init_std is not None else self.hidden ** -0.5
+
+    @property
     def qk_nope_dim(self) -> int:
         """Per-head query/key dims without rotary (M²LA): head_dim - qk_rope_dim."""
         return self.head_dim - (self.qk_rope_dim or 0)
@@ -101,13 +108,13 @@ PRESETS: dict[str, ModelConfig] = {
                          intermediate=768),
     "qwen3-0.6b": ModelConfig(vocab_size=151936, hidden=1024, layers=28, heads=16, kv_heads=8,
                               head_dim=128, intermediate=3072, tie_embeddings=True,
-                              mrope_section=(24, 20, 20)),
+                              mrope_section=(24, 20, 20), init_std=0.02),
     "qwen3-1.7b": ModelConfig(vocab_size=151936, hidden=2048, layers=28, heads=16, kv_heads=8,
                               head_dim=128, intermediate=6144, tie_embeddings=True,
-                              mrope_section=(24, 20, 20)),
+                              mrope_section=(24, 20, 20), init_std=0.02),
     "qwen3-8b": ModelConfig(vocab_size=151936, hidden=4096, layers=36, heads=32, kv_heads=8,
                             head_dim=128, intermediate=12288, tie_embeddings=False,
-                            mrope_section=(24, 20, 20)),
+                            mrope_section=(24, 20, 20), init_std=0.02),
 }
 
 

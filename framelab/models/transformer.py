@@ -76,7 +76,7 @@ class DecoderLM(nn.Module):
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=self.config.init_std)
+            nn.init.normal_(module.weight, std=self.config.weight_std)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 

@@ -65,30 +65,33 @@ class Probe(Callback):
     """Records, per training step, the frames of the batch's videos and the curriculum phase."""
 
     def __init__(self):
-        self.frames, self.theta, self.ids = {}, {}, {}
+        self.frames, self.theta, self.ids, self.tokens = {}, {}, {}, {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.frames[trainer.global_step] = max(v.shape[0] for v in batch["videos"])
         self.ids[trainer.global_step] = list(batch["sample_ids"])
+        self.tokens[trainer.global_step] = batch["input_ids"].flatten().tolist()
         self.theta[trainer.global_step] = pl_module.model.lm.config.rope_theta
 
 
-def datamodule(cache):
+def datamodule(cache, num_workers=0):
     return VideoTextDataModule(tasks=["describe"], task_params={"describe": {"frames": 16}},
                                samples={"train": 96, "val": 8, "test": 0, "ood": 0},
-                               cache_dir=str(cache), max_frames=16, max_tokens=256, shards=1)
+                               cache_dir=str(cache), max_frames=16, max_tokens=256, shards=1,
+                               num_workers=num_workers)
 
 
-def fit(tmp_path, cache, steps, ckpt_path=None, **mod):
+def fit(tmp_path, cache, steps, ckpt_path=None, num_workers=0, **mod):
     probe = Probe()
-    phases = [{"step": 0, "max_frames": 4}, {"step": 3, "max_frames": 16, "rope_theta": 1.0e5}]
+    phases = [{"step": 0, "max_frames": 4, "max_tokens": 200},
+              {"step": 3, "max_frames": 16, "max_tokens": 400, "rope_theta": 1.0e5}]
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1,
                            filename="s{step}", auto_insert_metric_name=False)
     trainer = L.Trainer(max_steps=steps, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, accelerator="cpu",
                         callbacks=[ShortToLongCurriculum(phases), probe, ckpt])
     m = module(**mod)
-    trainer.fit(m, datamodule=datamodule(cache), ckpt_path=ckpt_path)
+    trainer.fit(m, datamodule=datamodule(cache, num_workers), ckpt_path=ckpt_path)
     return probe, m, trainer
 
 
@@ -100,16 +103,35 @@ def cache(tmp_path_factory):
 def test_curriculum_changes_budget_mid_run_and_resumes_exactly(tmp_path, cache):
     torch.manual_seed(0)
     full, m_full, _ = fit(tmp_path / "a", cache, 6)
-    assert max(full.frames[s] for s in range(3)) <= 4          # phase 0: 4 frames
-    assert min(full.frames[s] for s in (4, 5)) > 4             # phase 1 reached the data mid-run
+    # the budgets are keyed to the batch: phase 1 starts exactly at step 3
+    assert max(full.frames[s] for s in range(3)) <= 4 and min(full.frames[s] for s in (3, 4, 5)) > 4
+    assert max(len(full.tokens[s]) for s in range(3)) <= 200
+    assert max(len(full.tokens[s]) for s in (3, 4, 5)) > 200
+    assert all(len(full.tokens[s]) <= 400 for s in (3, 4, 5))
     assert full.theta[5] == 1.0e5 and full.theta[0] == 1.0e6
-    resumed, m_res, _ = fit(tmp_path / "b", cache, 6, ckpt_path=str(tmp_path / "a/ckpt/s4.ckpt"))
-    assert sorted(resumed.frames) == [4, 5]
-    assert {s: full.frames[s] for s in (4, 5)} == resumed.frames
-    assert {s: full.theta[s] for s in (4, 5)} == resumed.theta
-    # the resumed run starts at the uninterrupted run's data position (the packing of items
-    # decoded before the checkpoint may differ: see the datamodule note in docs/videollm.md)
-    assert resumed.ids[4][0] == full.ids[4][0]
+    # resume from step 2, before the phase change, with worker processes decoding ahead under the
+    # old budget: every batch (samples, frames, packing, token ids) equals the uninterrupted run's
+    resumed, m_res, _ = fit(tmp_path / "b", cache, 6, ckpt_path=str(tmp_path / "a/ckpt/s2.ckpt"),
+                            num_workers=1)
+    assert sorted(resumed.frames) == [2, 3, 4, 5]
+    for s in (2, 3, 4, 5):
+        assert resumed.ids[s] == full.ids[s], s
+        assert resumed.tokens[s] == full.tokens[s], s
+        assert resumed.frames[s] == full.frames[s], s
+    assert {s: full.theta[s] for s in (3, 4, 5)} == {s: resumed.theta[s] for s in (3, 4, 5)}
+
+
+def test_set_max_tokens_changes_the_packed_row_budget(cache):
+    dm = datamodule(cache)
+    dm.prepare_data()
+    dm.setup("fit")
+    rows = iter(dm.train_dataloader())
+    assert len(next(rows)["input_ids"][0]) <= 256
+    dm.set_max_tokens(600)
+    longest = max(len(next(rows)["input_ids"][0]) for _ in range(4))
+    assert 256 < longest <= 600
+    with pytest.raises(UserError, match="max_tokens"):
+        dm.set_max_tokens(0)
 
 
 def test_init_from_loads_weights_only(tmp_path, cache):

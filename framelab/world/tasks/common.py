@@ -50,9 +50,10 @@ def sample_key(task: str, split: str, index: int) -> str:
 
 
 def ask(rng: np.random.Generator, question: str, correct: str, pool, mcq_prob: float,
-        media: str = "<video>") -> tuple[list, dict]:
+        media: str | None = "<video>") -> tuple[list, dict]:
     """A two-turn conversation asking `question`, multiple choice with probability `mcq_prob`
-    (three distractors from `pool`) or open. Returns (conversation, answer metadata)."""
+    (three distractors from `pool`) or open. Returns (conversation, answer metadata). `media` is
+    the placeholder the user turn starts with (None: none, e.g. a follow-up question)."""
     if rng.random() < mcq_prob:
         others = [p for p in pool if p != correct]
         picked = [others[i] for i in rng.permutation(len(others))[:len(LETTERS) - 1]]
@@ -65,7 +66,7 @@ def ask(rng: np.random.Generator, question: str, correct: str, pool, mcq_prob: f
     else:
         meta = {"format": "open", "answer": correct, "answer_text": correct, "choices": []}
         prompt, reply = f"{question}\n{OPEN_SUFFIX}", correct
-    conv = [{"role": "user", "content": f"{media}\n{prompt}"},
+    conv = [{"role": "user", "content": f"{media}\n{prompt}" if media else prompt},
             {"role": "assistant", "content": reply}]
     return conv, meta
 

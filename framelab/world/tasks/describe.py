@@ -3,6 +3,12 @@
 Objects in a clip have pairwise distinct shapes and colours, so "the circle" or "the red object"
 each name exactly one object. The object asked about is object 0 (drawn from the split's query
 pairs; held-out pairs in the ood split).
+
+With `questions` > 1 the conversation asks several questions about the same clip, one per turn,
+each of a different type (the video is shown once, in the first turn). `meta` then lists every
+turn under "turns" (qtype, format, answer, choices) and its top-level answer keys are the first
+turn's. Several supervised answers per clip are what lets a small model learn the questions from
+scratch in minutes: the vision tokens are paid for once.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ DEFAULTS = {
     "min_objects": 1,
     "max_objects": 6,
     "mcq_prob": 0.5,      # probability of a multiple-choice question (else open answer)
+    "questions": 1,       # questions (turns) per clip, each of a different type, 1..4
 }
 QTYPES = ("colour", "shape", "count", "direction")
 
@@ -31,21 +38,39 @@ def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_se
     objs = make_objects(rng, pick_pairs(rng, n, dom, distinct=True), dom)
     traj = simulate(objs, cfg["frames"])
     target = objs[0]
-    qtype = QTYPES[rng.integers(len(QTYPES))]
     move = direction(traj, 0, 0)
-    if qtype == "direction" and move is None:
-        qtype = "colour"
-    if qtype == "colour":
-        q, correct, pool = f"What colour is the {target.shape}?", target.colour, COLOUR_NAMES
-    elif qtype == "shape":
-        q, correct, pool = f"What shape is the {target.colour} object?", target.shape, SHAPES
-    elif qtype == "count":
-        q, correct, pool = "How many objects are in the video?", str(n), [str(k) for k in range(1, 9)]
+    k = int(cfg["questions"])
+    if not 1 <= k <= len(QTYPES):
+        raise ValueError(f"describe: questions={k}; expected 1..{len(QTYPES)}")
+    if k == 1:    # the single-question recipe draws one type (kept so existing samples stay put)
+        qtypes = [QTYPES[rng.integers(len(QTYPES))]]
     else:
-        q = f"At the start of the video, is the {target.name} moving left, right, up or down?"
-        correct, pool = move, DIRECTIONS
-    conv, answer = ask(rng, q, correct, pool, cfg["mcq_prob"])
-    meta = {"qtype": qtype, "target": 0, **answer, **scene_meta(objs, traj)}
+        qtypes = [QTYPES[i] for i in rng.permutation(len(QTYPES))[:k]]
+    if move is None:  # no motion at the start: a direction question becomes a colour one
+        qtypes = [q for q in qtypes if q != "direction"]
+        qtypes += ["colour"] * (k - len(qtypes)) if "colour" not in qtypes else []
+        qtypes = qtypes or ["colour"]
+    conv, turns = [], []
+    for qtype in qtypes:
+        q, correct, pool = question(qtype, target, n, move)
+        pair, answer = ask(rng, q, correct, pool, cfg["mcq_prob"], media="<video>" if not conv else None)
+        conv += pair
+        turns.append({"qtype": qtype, **answer})
+    meta = {**turns[0], "target": 0, **scene_meta(objs, traj)}
+    if k > 1:
+        meta["turns"] = turns
     return Sample(sample_key("describe", split, index), "describe", split, index, cfg["fps"], conv,
                   meta, render(objs, traj, cfg["size"]) if render_frames else None,
                   gt=ground_truth(objs, traj))
+
+
+def question(qtype: str, target, n: int, move: str | None) -> tuple[str, str, list]:
+    """(question, correct answer, answer pool) of one question type about object `target`."""
+    if qtype == "colour":
+        return f"What colour is the {target.shape}?", target.colour, COLOUR_NAMES
+    if qtype == "shape":
+        return f"What shape is the {target.colour} object?", target.shape, SHAPES
+    if qtype == "count":
+        return "How many objects are in the video?", str(n), [str(k) for k in range(1, 9)]
+    return (f"At the start of the video, is the {target.name} moving left, right, up or down?",
+            move, DIRECTIONS)
