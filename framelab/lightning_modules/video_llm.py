@@ -20,8 +20,8 @@ loss forward pass) or, with `mcq=generate`, by greedy cached generation (`genera
 `extract_choice` (denominator: every MCQ question, unanswered = wrong); open answers (exact match)
 and "when" spans (temporal IoU) are generated when `evaluation.generate` is true. Metric names:
 `<split>/mcq_acc/<task>`, `<split>/open_acc/<task>`, `<split>/tiou/<task>`, `<split>/accuracy` (all
-MCQ + open questions) and `<split>/loss`; MCQ accuracy is also logged per question type
-(`<split>/mcq_acc/<task>/<qtype>`, e.g. `describe/colour`). A few question/answer samples go to TensorBoard as text.
+MCQ + open questions) and `<split>/loss`; MCQ and open accuracy are also logged per question
+type (`<split>/mcq_acc/<task>/<qtype>`, e.g. `describe/colour`). A few question/answer samples go to TensorBoard as text.
 """
 from __future__ import annotations
 
@@ -237,6 +237,9 @@ class VideoLLMModule(FramelabModule):
                 # open answers by exact match, counted through the MCQ metric with one "letter"
                 hit = "A" if reply.strip().lower() == answer.strip().lower() else "-"
                 self.metric(f"{split}/open_acc/{task}", ChoiceAccuracy).update([hit], ["A"])
+                if meta.get("qtype"):
+                    self.metric(f"{split}/open_acc/{task}/{meta['qtype']}",
+                                ChoiceAccuracy).update([hit], ["A"])
                 self.metric(f"{split}/accuracy", ChoiceAccuracy).update([hit], ["A"])
 
     def letter_ids(self) -> list[int] | None:

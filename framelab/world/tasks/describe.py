@@ -5,7 +5,8 @@ each name exactly one object. The object asked about is object 0 (drawn from the
 pairs; held-out pairs in the ood split).
 
 With `questions` > 1 the conversation asks several questions about the same clip, one per turn,
-each of a different type (the video is shown once, in the first turn). `meta` then lists every
+each of a different type (the video is shown once, in the first turn), all multiple choice or all
+open. `meta` then lists every
 turn under "turns" (qtype, format, answer, choices) and its top-level answer keys are the first
 turn's. Several supervised answers per clip are what lets a small model learn the questions from
 scratch in minutes: the vision tokens are paid for once.
@@ -50,10 +51,13 @@ def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_se
         qtypes = [q for q in qtypes if q != "direction"]
         qtypes += ["colour"] * (k - len(qtypes)) if "colour" not in qtypes else []
         qtypes = qtypes or ["colour"]
+    # a multi-question clip is all multiple choice or all open (drawn once): mixing them lets an
+    # open answer be copied from an earlier turn's option list instead of read off the video
+    mcq_prob = cfg["mcq_prob"] if k == 1 else float(rng.random() < cfg["mcq_prob"])
     conv, turns = [], []
     for qtype in qtypes:
         q, correct, pool = question(qtype, target, n, move)
-        pair, answer = ask(rng, q, correct, pool, cfg["mcq_prob"], media="<video>" if not conv else None)
+        pair, answer = ask(rng, q, correct, pool, mcq_prob, media="<video>" if not conv else None)
         conv += pair
         turns.append({"qtype": qtype, **answer})
     meta = {**turns[0], "target": 0, **scene_meta(objs, traj)}
