@@ -55,6 +55,7 @@ class ShortToLongCurriculum(Callback):
             self.phases.append({"step": int(p.get("step", 0)), **state})
         self.current: int | None = None
         self.restored: dict | None = None
+        self.by_batch = False     # data budgets handed to the datamodule as a schedule (fit start)
 
     def phase_at(self, step: int) -> int:
         return max(i for i, p in enumerate(self.phases) if p["step"] <= step)
@@ -74,7 +75,7 @@ class ShortToLongCurriculum(Callback):
 
     def apply(self, trainer, pl_module, index: int) -> None:
         phase, dm = self.phases[index], trainer.datamodule
-        by_batch = getattr(self, "by_batch", False)
+        by_batch = self.by_batch
         if phase["max_frames"] is not None and not by_batch:
             dm.set_max_frames(int(phase["max_frames"]))
         if phase["max_tokens"] is not None and not by_batch:

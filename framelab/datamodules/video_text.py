@@ -178,10 +178,8 @@ class VideoTextDataModule(StreamingDataModule):
     def _batch_budget(self):
         if not getattr(self, "_schedule", None):
             return lambda b: (self.max_frames, self.max_tokens if self.pack else 0)
-        initial = (self._initial_budget[0], self._initial_budget[1])
-
         def budget(b: int) -> tuple[int, int]:
-            frames, tokens = initial
+            frames, tokens = self._initial_budget
             for phase in self._schedule:
                 if phase["batch"] > b:
                     break

@@ -11,12 +11,7 @@ from framelab.lightning_modules.sar import SARGenModule
 from tests.lightning_modules.sar_helpers import TINY_MODEL, TinyGrids
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_module(**kw):

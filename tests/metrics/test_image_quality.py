@@ -7,12 +7,7 @@ from framelab.metrics.features import ShapeClassifier, load_or_train, render, to
 from framelab.metrics.image_quality import ImageQuality, precision_recall
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_precision_recall_on_known_sets():

@@ -47,10 +47,10 @@ def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_se
         qtypes = [QTYPES[rng.integers(len(QTYPES))]]
     else:
         qtypes = [QTYPES[i] for i in rng.permutation(len(QTYPES))[:k]]
-    if move is None:  # no motion at the start: a direction question becomes a colour one
-        qtypes = [q for q in qtypes if q != "direction"]
-        qtypes += ["colour"] * (k - len(qtypes)) if "colour" not in qtypes else []
-        qtypes = qtypes or ["colour"]
+    if move is None and "direction" in qtypes:  # no motion at the start: ask the colour instead
+        qtypes.remove("direction")
+        if "colour" not in qtypes:
+            qtypes.append("colour")
     # a multi-question clip is all multiple choice or all open (drawn once): mixing them lets an
     # open answer be copied from an earlier turn's option list instead of read off the video
     mcq_prob = cfg["mcq_prob"] if k == 1 else float(rng.random() < cfg["mcq_prob"])
