@@ -94,3 +94,41 @@ def test_images_label_is_class_of_object():
     s = make_sample("images", "train", 2, {"size": 32})
     assert s.frames.shape == (1, 32, 32, 3)
     assert s.meta["label"] == class_id(s.meta["shape"], s.meta["colour"])
+
+
+def test_describe_turns_never_give_away_a_later_answer():
+    """Multi-question describe clips: distinct question types, all MCQ or all open, and no turn's
+    text (question, options or reply) names the answer of a later turn."""
+    for reply in ("letter", "rationale"):
+        for i in range(60):
+            s = make_sample("describe", "train", i, {"questions": 3, "mcq_reply": reply},
+                            render=False)
+            turns = s.meta["turns"]
+            assert 2 <= len(turns) == len(s.conversation) // 2 <= 3
+            assert len({t["qtype"] for t in turns}) == len(turns)
+            assert not {"colour", "shape"} <= {t["qtype"] for t in turns}
+            assert len({t["format"] for t in turns}) == 1
+            # each turn's question line and reply (options list every answer on purpose)
+            said = [c["content"].replace("<video>\n", "").split("\n")[0] for c in s.conversation]
+            for j, turn in enumerate(turns[1:], start=1):
+                earlier = " ".join(said[:2 * j]).replace("?", " ").replace(",", " ")
+                assert f" {turn['answer_text']} " not in f" {earlier} ", (i, j, earlier)
+    with pytest.raises(ValueError):
+        make_sample("describe", "train", 0, {"questions": 4}, render=False)
+
+
+def test_rationale_reply_names_the_option_then_its_letter():
+    from framelab.metrics import extract_choice
+    seen = 0
+    for i in range(40):
+        s = make_sample("describe", "train", i, {"questions": 3, "mcq_prob": 1.0,
+                                                 "mcq_reply": "rationale"}, render=False)
+        for turn, reply in zip(s.meta["turns"], s.conversation[1::2]):
+            assert turn["reply"] == "rationale"
+            assert reply["content"] == f"Answer: {turn['answer_text']} ({turn['answer']})"
+            assert extract_choice(reply["content"]) == turn["answer"]
+            assert turn["choices"][LETTERS.index(turn["answer"])] == turn["answer_text"]
+            seen += 1
+    assert seen >= 80
+    with pytest.raises(ValueError):
+        make_sample("describe", "train", 0, {"mcq_reply": "essay"}, render=False)

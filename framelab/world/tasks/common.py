@@ -2,8 +2,11 @@
 
 A sample is media (frames) + a chat conversation + JSON metadata + ground-truth arrays. The user's
 turn carries a `<video>` (or `<image>`) placeholder where the visual input goes; datamodules expand
-it into vision tokens. Multiple-choice questions list options A-D and expect the letter; open
-questions expect a single word, number or span.
+it into vision tokens. Multiple-choice questions list options A-D and expect the letter (reply
+"letter": "B") or the option's text and then its letter (reply "rationale": "Answer: red (B)" -- a
+one-word reason before the choice: naming what it saw and finding that name among the options are
+then two skills a small model can learn one at a time).
+Open questions expect a single word, number or span.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from framelab.world.scene import Obj
 
 LETTERS = "ABCD"
 MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
+RATIONALE_SUFFIX = "Answer with the option's text, then its letter."
+MCQ_REPLIES = ("letter", "rationale")
 OPEN_SUFFIX = "Answer with a single word or phrase."
 
 
@@ -50,19 +55,27 @@ def sample_key(task: str, split: str, index: int) -> str:
 
 
 def ask(rng: np.random.Generator, question: str, correct: str, pool, mcq_prob: float,
-        media: str | None = "<video>") -> tuple[list, dict]:
+        media: str | None = "<video>", mcq_reply: str = "letter") -> tuple[list, dict]:
     """A two-turn conversation asking `question`, multiple choice with probability `mcq_prob`
     (three distractors from `pool`) or open. Returns (conversation, answer metadata). `media` is
-    the placeholder the user turn starts with (None: none, e.g. a follow-up question)."""
+    the placeholder the user turn starts with (None: none, e.g. a follow-up question); `mcq_reply`
+    is the multiple-choice reply format, "letter" or "rationale" (see the module docstring)."""
+    if mcq_reply not in MCQ_REPLIES:
+        raise ValueError(f"mcq_reply={mcq_reply!r}; expected one of {', '.join(MCQ_REPLIES)}")
     if rng.random() < mcq_prob:
         others = [p for p in pool if p != correct]
         picked = [others[i] for i in rng.permutation(len(others))[:len(LETTERS) - 1]]
         choices = picked + [correct]
         choices = [choices[i] for i in rng.permutation(len(choices))]
         letter = LETTERS[choices.index(correct)]
-        lines = [question] + [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)] + [MCQ_SUFFIX]
-        meta = {"format": "mcq", "answer": letter, "answer_text": correct, "choices": choices}
-        prompt, reply = "\n".join(lines), letter
+        suffix = MCQ_SUFFIX if mcq_reply == "letter" else RATIONALE_SUFFIX
+        lines = [question] + [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)] + [suffix]
+        meta = {"format": "mcq", "answer": letter, "answer_text": correct, "choices": choices,
+                "reply": mcq_reply}
+        prompt = "\n".join(lines)
+        # "Answer: red" so the named option is the very token of its option line (" red"): a
+        # reply opening with "red" would need the model to learn that "red" and " red" match
+        reply = letter if mcq_reply == "letter" else f"Answer: {correct} ({letter})"
     else:
         meta = {"format": "open", "answer": correct, "answer_text": correct, "choices": []}
         prompt, reply = f"{question}\n{OPEN_SUFFIX}", correct

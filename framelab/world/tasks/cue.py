@@ -24,6 +24,7 @@ DEFAULTS = {
     "max_clutter": 8,
     "min_visible": 0.5,   # the target is visible for at least this fraction of the clip
     "mcq_prob": 0.5,
+    "mcq_reply": "letter",  # multiple-choice reply: "letter" or "rationale" (see tasks.common)
 }
 
 
@@ -51,7 +52,7 @@ def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_se
         correct, pool, qtype = move, DIRECTIONS, "direction"
     else:
         q, correct, pool, qtype = f"What colour is the small {target.shape}?", target.colour, COLOUR_NAMES, "colour"
-    conv, answer = ask(rng, q, correct, pool, cfg["mcq_prob"])
+    conv, answer = ask(rng, q, correct, pool, cfg["mcq_prob"], mcq_reply=cfg["mcq_reply"])
     vis = np.flatnonzero(traj.visible[:, ti])
     bx = all_boxes(objs, traj)[vis, ti]
     cue = {"object": ti, "frames": vis.tolist(),

@@ -4,12 +4,15 @@ Objects in a clip have pairwise distinct shapes and colours, so "the circle" or 
 each name exactly one object. The object asked about is object 0 (drawn from the split's query
 pairs; held-out pairs in the ood split).
 
-With `questions` > 1 the conversation asks several questions about the same clip, one per turn,
-each of a different type (the video is shown once, in the first turn), all multiple choice or all
-open. `meta` then lists every
-turn under "turns" (qtype, format, answer, choices) and its top-level answer keys are the first
-turn's. Several supervised answers per clip are what lets a small model learn the questions from
-scratch in minutes: the vision tokens are paid for once.
+With `questions` > 1 the conversation asks several questions about the same object of the same
+clip, one per turn, each of a different type (the video is shown once, in the first turn), all
+multiple choice or all open. No turn's text may give away a later turn's answer: "What colour is
+the circle?" names the shape and "What shape is the red object?" the colour, so a clip asks about
+one of colour and shape, never both, and names the object by the other one throughout -- hence at
+most 3 questions (colour or shape, count, direction; direction is dropped when the object does not
+move clearly). `meta` then lists every turn under "turns" (qtype, format, answer, choices) and its
+top-level answer keys are the first turn's. Several supervised answers per clip are what lets a
+small model learn the questions from scratch in minutes: the vision tokens are paid for once.
 """
 from __future__ import annotations
 
@@ -26,9 +29,11 @@ DEFAULTS = {
     "min_objects": 1,
     "max_objects": 6,
     "mcq_prob": 0.5,      # probability of a multiple-choice question (else open answer)
-    "questions": 1,       # questions (turns) per clip, each of a different type, 1..4
+    "questions": 1,       # questions (turns) per clip, each of a different type, 1..3
+    "mcq_reply": "letter",  # multiple-choice reply: "letter" (B) or "rationale" (Answer: red (B))
 }
 QTYPES = ("colour", "shape", "count", "direction")
+MAX_QUESTIONS = 3
 
 
 def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_seed: int = 0) -> Sample:
@@ -41,23 +46,25 @@ def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_se
     target = objs[0]
     move = direction(traj, 0, 0)
     k = int(cfg["questions"])
-    if not 1 <= k <= len(QTYPES):
-        raise ValueError(f"describe: questions={k}; expected 1..{len(QTYPES)}")
+    if not 1 <= k <= MAX_QUESTIONS:
+        raise ValueError(f"describe: questions={k}; expected 1..{MAX_QUESTIONS}")
     if k == 1:    # the single-question recipe draws one type (kept so existing samples stay put)
-        qtypes = [QTYPES[rng.integers(len(QTYPES))]]
-    else:
-        qtypes = [QTYPES[i] for i in rng.permutation(len(QTYPES))[:k]]
-    if move is None and "direction" in qtypes:  # no motion at the start: ask the colour instead
-        qtypes.remove("direction")
-        if "colour" not in qtypes:
-            qtypes.append("colour")
+        qtypes, ref = [QTYPES[rng.integers(len(QTYPES))]], None
+        if move is None and qtypes == ["direction"]:  # no motion at the start: ask the colour
+            qtypes = ["colour"]
+    else:         # one of colour/shape; the object is named by the other (see the docstring)
+        attribute = ("colour", "shape")[rng.integers(2)]
+        ref = f"the {target.shape}" if attribute == "colour" else f"the {target.colour} object"
+        kinds = [attribute, "count"] + (["direction"] if move is not None else [])
+        qtypes = [kinds[i] for i in rng.permutation(len(kinds))[:k]]
     # a multi-question clip is all multiple choice or all open (drawn once): mixing them lets an
     # open answer be copied from an earlier turn's option list instead of read off the video
     mcq_prob = cfg["mcq_prob"] if k == 1 else float(rng.random() < cfg["mcq_prob"])
     conv, turns = [], []
     for qtype in qtypes:
-        q, correct, pool = question(qtype, target, n, move)
-        pair, answer = ask(rng, q, correct, pool, mcq_prob, media="<video>" if not conv else None)
+        q, correct, pool = question(qtype, target, n, move, ref, max(cfg["max_objects"], 4))
+        pair, answer = ask(rng, q, correct, pool, mcq_prob, media="<video>" if not conv else None,
+                           mcq_reply=cfg["mcq_reply"])
         conv += pair
         turns.append({"qtype": qtype, **answer})
     meta = {**turns[0], "target": 0, **scene_meta(objs, traj)}
@@ -68,13 +75,17 @@ def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_se
                   gt=ground_truth(objs, traj))
 
 
-def question(qtype: str, target, n: int, move: str | None) -> tuple[str, str, list]:
-    """(question, correct answer, answer pool) of one question type about object `target`."""
+def question(qtype: str, target, n: int, move: str | None, ref: str | None = None,
+             max_count: int = 8) -> tuple[str, str, list]:
+    """(question, correct answer, answer pool) of one question type about object `target`, named
+    `ref` (None: by its shape for colour, its colour for shape, both for direction). Counts are
+    drawn from 1..max_count: distractors outside the counts a scene can have would let a model
+    that never counts rule them out."""
     if qtype == "colour":
-        return f"What colour is the {target.shape}?", target.colour, COLOUR_NAMES
+        return f"What colour is {ref or 'the ' + target.shape}?", target.colour, COLOUR_NAMES
     if qtype == "shape":
-        return f"What shape is the {target.colour} object?", target.shape, SHAPES
+        return (f"What shape is {ref or f'the {target.colour} object'}?", target.shape, SHAPES)
     if qtype == "count":
-        return "How many objects are in the video?", str(n), [str(k) for k in range(1, 9)]
-    return (f"At the start of the video, is the {target.name} moving left, right, up or down?",
-            move, DIRECTIONS)
+        return "How many objects are in the video?", str(n), [str(k) for k in range(1, max_count + 1)]
+    return (f"At the start of the video, is {ref or 'the ' + target.name} moving left, right, up "
+            "or down?", move, DIRECTIONS)

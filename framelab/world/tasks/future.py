@@ -22,6 +22,7 @@ DEFAULTS = {
     "min_objects": 2,
     "max_objects": 4,
     "mcq_prob": 0.5,
+    "mcq_reply": "letter",  # multiple-choice reply: "letter" or "rationale" (see tasks.common)
 }
 
 
@@ -73,7 +74,8 @@ def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_se
         q = f"Which region of the frame will the {target.name} be in {k} frames after the video ends?"
         correct, pool = region_of(float(x), float(y)), REGIONS
     # a yes/no question has two options: always ask it openly
-    conv, answer = ask(rng, q, correct, pool, 0.0 if qtype == "collide" else cfg["mcq_prob"])
+    conv, answer = ask(rng, q, correct, pool, 0.0 if qtype == "collide" else cfg["mcq_prob"],
+                       mcq_reply=cfg["mcq_reply"])
     meta = {"qtype": qtype, "target": 0, "observed": seen, "future": ahead,
             "hint": hint(objs, traj, seen), **answer, **scene_meta(objs, traj)}
     frames = render(objs, traj, cfg["size"]) if render_frames else None

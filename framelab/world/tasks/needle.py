@@ -23,6 +23,7 @@ DEFAULTS = {
     "max_objects": 4,
     "needle_frames": 0,                         # needle span; 0 = max(4, length // 16)
     "when_prob": 0.5,                           # probability of a "when" question
+    "mcq_reply": "letter",                      # "letter" or "rationale" (see tasks.common)
 }
 
 
@@ -58,7 +59,7 @@ def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_se
     else:
         absent = [f"{c} {s}" for s, c in ALL_PAIRS if (s, c) not in pairs]
         conv, answer = ask(rng, "Which object appears only briefly in the video?", needle.name,
-                           absent, mcq_prob=1.0)
+                           absent, mcq_prob=1.0, mcq_reply=cfg["mcq_reply"])
         qtype = "what"
     meta = {"qtype": qtype, "target": 0, "length": length, "depth": depth,
             "needle_frames": [t0, t0 + span], "spans": [[lo, hi]], **answer, **scene_meta(objs, traj)}
