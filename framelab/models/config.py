@@ -22,6 +22,18 @@ class VisionConfig:
     rope_theta: float = 10000.0
     attn_scope: str = "frame"  # "frame": attention within each tubelet time step; "video": all
     norm_eps: float = 1e-6
+    # per-channel pixel normalisation, (x - mean) / std on [0, 1] pixels (an image processor's
+    # image_mean / image_std). 0.5 / 0.5 maps to [-1, 1]; the world experiments use the world's
+    # own statistics, which centre its dark, uniform background near zero
+    pixel_mean: tuple = (0.5, 0.5, 0.5)
+    pixel_std: tuple = (0.5, 0.5, 0.5)
+
+    def __post_init__(self):
+        self.pixel_mean, self.pixel_std = tuple(self.pixel_mean), tuple(self.pixel_std)
+        if len(self.pixel_mean) != self.channels or len(self.pixel_std) != self.channels or min(
+                self.pixel_std) <= 0:
+            raise ValueError(f"vision pixel_mean {list(self.pixel_mean)} / pixel_std "
+                             f"{list(self.pixel_std)}: expected {self.channels} values each, std > 0")
 
 
 @dataclass

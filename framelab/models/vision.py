@@ -1,8 +1,8 @@
 """Vision encoder over video frames, and the projector into the LM width.
 
-A video (T, 3, H, W) of pixels in [0, 1] (normalised to [-1, 1] here), with T a multiple of `temporal_patch` is cut into tubelets of
-temporal_patch × patch_size × patch_size pixels, embedded by one linear map (a Conv3d whose stride
-equals its kernel), encoded by pre-norm transformer blocks with 2D rotary (h, w) positions, and
+A video (T, 3, H, W) of pixels in [0, 1] (normalised per channel here, `pixel_mean` / `pixel_std`)
+is cut into tubelets of temporal_patch × patch_size × patch_size pixels, embedded by one linear
+map (a Conv3d whose stride equals its kernel), encoded by pre-norm transformer blocks with 2D rotary (h, w) positions, and
 merged `merge` × `merge` spatially by the projector (concatenate neighbours -> MLP -> LM width).
 A single image is a video of one frame, repeated to fill the temporal patch.
 
@@ -62,9 +62,12 @@ class VisionEncoder(nn.Module):
         cfg, p, m, tp = self.cfg, self.cfg.patch_size, self.cfg.merge, self.cfg.temporal_patch
         frames, c, height, width = video.shape
         t, hm, wm = merged_grid(frames, height, width, cfg)
-        # pixels [0, 1] -> [-1, 1] (the normalisation Qwen2-VL's processor applies): raw [0, 1]
-        # input makes every token carry a large shared background component and training stalls
-        video = (video - 0.5) / 0.5
+        # per-channel normalisation (VisionConfig.pixel_mean / pixel_std). Raw [0, 1] input, or
+        # any normalisation that leaves a uniform background far from zero, gives every token a
+        # large shared component, and the LM learns to ignore the nearly identical vision tokens
+        mean = torch.tensor(cfg.pixel_mean, dtype=video.dtype, device=video.device)
+        std = torch.tensor(cfg.pixel_std, dtype=video.dtype, device=video.device)
+        video = (video - mean[:, None, None]) / std[:, None, None]
         if frames % tp:  # pad time by repeating the last frame
             video = torch.cat([video, video[-1:].expand(tp - frames % tp, -1, -1, -1)])
         x = video.reshape(t, tp, c, hm, m, p, wm, m, p)

@@ -98,3 +98,20 @@ def test_vision_input_is_centred():
     grey, _, _, _ = enc._tubelets(torch.full((2, 3, 32, 32), 0.5))
     black, _, _, _ = enc._tubelets(torch.zeros(2, 3, 32, 32))
     assert float(grey.abs().max()) == 0.0 and float(black.max()) == -1.0
+
+
+def test_vision_pixel_statistics_are_configurable():
+    """pixel_mean / pixel_std normalise per channel (the world experiments centre the world's dark
+    background on zero); a wrong number of values or a non-positive std is an error."""
+    from framelab.models.vision import VisionEncoder
+
+    cfg = VisionConfig(width=32, heads=2, pixel_mean=[0.1, 0.2, 0.3], pixel_std=[0.1, 0.1, 0.2])
+    video = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1).expand(2, 3, 32, 32).clone()
+    centred, _, _, _ = VisionEncoder(cfg)._tubelets(video)
+    assert float(centred.abs().max()) < 1e-6
+    video[:, 2] = 0.5                                   # blue channel one std above its mean
+    x, _, _, _ = VisionEncoder(cfg)._tubelets(video)
+    assert float(x.max()) == pytest.approx(1.0) and float(x.min()) == pytest.approx(0.0, abs=1e-6)
+    for bad in ({"pixel_mean": [0.5, 0.5]}, {"pixel_std": [0.5, 0.0, 0.5]}):
+        with pytest.raises(ValueError):
+            VisionConfig(**bad)
