@@ -8,7 +8,8 @@
 2. Accuracy vs rank (with --ckpt, a trained video-LLM GQA checkpoint of experiment=videollm_sft):
    `framelab validate` of the GQA model; of M²LA converted at each rank R (right after
    `framelab convert mla`); and after `--recover-steps` of `framelab fit ... init_from=` recovery
-   fine-tuning. Metric: val/mcq_acc/describe (and val/accuracy).
+   fine-tuning. Metrics: val/mcq_acc/describe, val/mcq_named_acc/describe (rationale replies:
+   the named option is right) and val/accuracy.
 A plot (decode tokens/s and cache size vs context) goes to --plot (default bench_mla.png).
 """
 from __future__ import annotations
@@ -87,7 +88,7 @@ def framelab_cli(*args: str) -> None:
 
 def last_metrics(run: Path) -> dict:
     rows = list(csv.DictReader(open(run / "metrics.csv")))
-    keys = ("val/mcq_acc/describe", "val/accuracy")
+    keys = ("val/mcq_acc/describe", "val/mcq_named_acc/describe", "val/accuracy")
     out = {}
     for r in rows:
         out.update({k: round(float(r[k]), 4) for k in keys if r.get(k)})
@@ -168,7 +169,7 @@ def main(argv: list[str]) -> int:
                                             args.rope_dims, args.recover_steps, args.method,
                                             args.calib_batches, args.overrides)
         print_table(result["accuracy"], ["model", "rank", "stage", "val/mcq_acc/describe",
-                                         "val/accuracy"])
+                                         "val/mcq_named_acc/describe", "val/accuracy"])
     if args.plot:
         plot(result, args.plot)
     write_json(args.json, result)

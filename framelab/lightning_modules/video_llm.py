@@ -16,12 +16,16 @@ datamodule's tokenizer; its resolved config and token ids are stored in every ch
 
 Evaluation (`validate`/`test`): multiple-choice questions are answered by option-letter scoring
 (`evaluation.mcq=score`: the letter A-D with the highest logit right after the prompt, from the
-loss forward pass) or, with `mcq=generate`, by greedy cached generation (`generate_multimodal`) and
+loss forward pass) or, with `mcq=generate` or a "rationale" reply ("Answer: red (B)", see
+`framelab.world.tasks.common`), by greedy cached generation (`generate_multimodal`) and
 `extract_choice` (denominator: every MCQ question, unanswered = wrong); open answers (exact match)
 and "when" spans (temporal IoU) are generated when `evaluation.generate` is true. Metric names:
 `<split>/mcq_acc/<task>`, `<split>/open_acc/<task>`, `<split>/tiou/<task>`, `<split>/accuracy` (all
-MCQ + open questions) and `<split>/loss`; MCQ and open accuracy are also logged per question
-type (`<split>/mcq_acc/<task>/<qtype>`, e.g. `describe/colour`). A few question/answer samples go to TensorBoard as text.
+MCQ + open questions) and `<split>/loss`; for "rationale" replies also
+`<split>/mcq_named_acc/<task>` (the reply names the right option's text, whatever its letter:
+perception apart from the letter lookup). MCQ and open accuracy are also logged per question type
+(`<split>/mcq_acc/<task>/<qtype>`, e.g. `describe/colour`). A few question/answer samples go to
+TensorBoard as text.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from framelab.datamodules.special_tokens import IM_END, PAD, VIDEO_PAD
 from framelab.errors import UserError
 from framelab.kernels import linear_cross_entropy
 from framelab.lightning_modules.base import FramelabModule, build_model_config
-from framelab.metrics.choice import ChoiceAccuracy
+from framelab.metrics.choice import ChoiceAccuracy, extract_named
 from framelab.metrics.temporal import TemporalIoU
 from framelab.models.config import ModelConfig, VisionConfig
 from framelab.models.generation import generate_multimodal
@@ -231,6 +235,13 @@ class VideoLLMModule(FramelabModule):
                     self.metric(f"{split}/mcq_acc/{task}/{meta['qtype']}",
                                 ChoiceAccuracy).update([reply], [answer])
                 self.metric(f"{split}/accuracy", ChoiceAccuracy).update([reply], [answer])
+                if meta.get("reply") == "rationale":     # did it name the right option's text?
+                    named = extract_named(reply) or ""
+                    hit = "A" if named.lower() == str(meta.get("answer_text", "")).lower() else "-"
+                    self.metric(f"{split}/mcq_named_acc/{task}", ChoiceAccuracy).update([hit], ["A"])
+                    if meta.get("qtype"):
+                        self.metric(f"{split}/mcq_named_acc/{task}/{meta['qtype']}",
+                                    ChoiceAccuracy).update([hit], ["A"])
             elif fmt == "span":
                 self.metric(f"{split}/tiou/{task}", TemporalIoU).update([reply], [meta.get("spans", [])])
             elif fmt == "open":
@@ -252,6 +263,11 @@ class VideoLLMModule(FramelabModule):
             self._letter_ids = ids
         return self._letter_ids
 
+    @staticmethod
+    def letter_reply(meta: dict) -> bool:
+        """A multiple-choice question whose reference reply is the bare letter (scorable)."""
+        return meta.get("format") == "mcq" and meta.get("reply", "letter") == "letter"
+
     def choose_letters(self, hidden: torch.Tensor, docs: list[dict]) -> list[str]:
         """Per document, the option letter with the highest log-prob right after the prompt."""
         letters = torch.tensor(self.letter_ids(), device=hidden.device)
@@ -264,10 +280,10 @@ class VideoLLMModule(FramelabModule):
         self.log(f"{split}/loss", loss, prog_bar=True, batch_size=1)
         docs = self.documents(batch)
         scored = (self.eval_cfg["mcq"] == "score" and self.letter_ids() is not None)
-        by_score = [d for d in docs if scored and d["meta"].get("format") == "mcq"]
-        rest = [d for d in docs if not (scored and d["meta"].get("format") == "mcq")]
-        if not self.eval_cfg["generate"]:
-            rest = []
+        by_score = [d for d in docs if scored and self.letter_reply(d["meta"])]
+        rest = [d for d in docs if not (scored and self.letter_reply(d["meta"]))]
+        if not self.eval_cfg["generate"]:                 # MCQ replies are always answered
+            rest = [d for d in rest if d["meta"].get("format") == "mcq"]
         docs = by_score + rest
         replies = (self.choose_letters(hidden, by_score) if by_score else []) + (
             self.answer(rest) if rest else [])

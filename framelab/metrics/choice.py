@@ -38,6 +38,21 @@ def extract_choice(text: str | None, choices: str = "ABCD") -> str | None:
     return m.group(1) if m else None
 
 
+def extract_named(text: str | None, choices: str = "ABCD") -> str | None:
+    """The option text a "rationale" reply names before its letter ("Answer: red (B)" -> "red"),
+    or None when the reply has no parenthesised option letter."""
+    if not text:
+        return None
+    s = text.strip()
+    low = s.lower()
+    for p in PREFIXES:
+        if low.startswith(p):
+            s = s[len(p):].lstrip(" :.-\n\t")
+            break
+    m = re.match(rf"(.*?)\s*\(([{re.escape(choices)}])\)", s)
+    return m.group(1).strip() if m and m.group(1).strip() else None
+
+
 class ChoiceAccuracy(Metric):
     """Accuracy over all multiple-choice questions (unanswered = wrong; see module docstring)."""
 

@@ -183,3 +183,40 @@ def test_mcq_scored_by_option_letter_logprob():
     assert float(m.metrics["val__mcq_acc__describe"].compute()) == pytest.approx(0.5)
     with pytest.raises(UserError):
         module(evaluation={"mcq": "logits"})
+
+
+def test_rationale_mcq_is_generated_even_when_letters_are_scored():
+    """A "rationale" MCQ reply ("red (B)") cannot be scored by the letter right after the prompt:
+    evaluate() sends it to generation (with evaluation.generate=false too) and extract_choice
+    reads the letter; bare-letter MCQ stays scored and open answers stay skipped."""
+    m = built()
+    m.tokenizer = LetterTokenizer()
+    m.log = lambda *a, **k: None
+    docs = [{"meta": {"task": "describe", "format": "mcq", "answer": "B", "reply": "letter"}},
+            {"meta": {"task": "describe", "format": "mcq", "answer": "C", "reply": "rationale"}},
+            {"meta": {"task": "describe", "format": "open", "answer": "red"}}]
+    m.loss_and_hidden = lambda batch: (torch.tensor(0.0), 1, None)
+    m.documents = lambda batch: docs
+    m.choose_letters = lambda hidden, ds: ["B" for _ in ds]
+    generated = []
+    m.answer = lambda ds: generated.extend(ds) or ["green (C)" for _ in ds]
+    m.evaluate({}, 1, "val")
+    assert generated == [docs[1]]
+    assert float(m.metrics["val__mcq_acc__describe"].compute()) == 1.0
+    assert "val__open_acc__describe" not in m.metrics
+
+
+def test_rationale_replies_also_score_the_named_option():
+    from framelab.metrics import extract_named
+
+    assert extract_named("Answer: red (B)") == "red" and extract_named("3 (A)") == "3"
+    assert extract_named("Answer: B") is None and extract_named("(C)") is None
+    m = built()
+    meta = {"task": "describe", "format": "mcq", "reply": "rationale", "qtype": "colour"}
+    docs = [{"meta": {**meta, "answer": "B", "answer_text": "red"}},
+            {"meta": {**meta, "answer": "C", "answer_text": "blue"}}]
+    m.score("val", docs, ["Answer: red (C)", "Answer: blue (C)"])   # right name, wrong letter
+    got = {k: float(v.compute()) for k, v in m.metrics.items()}
+    assert got["val__mcq_acc__describe"] == 0.5
+    assert got["val__mcq_named_acc__describe"] == 1.0
+    assert got["val__mcq_named_acc__describe__colour"] == 1.0

@@ -1,5 +1,7 @@
-"""Learning test: the tiny video LLM, trained from scratch for a few hundred steps, reads colour
-and shape off held-out clips well above chance (open answers, generated and exact-matched)."""
+"""Learning test: the tiny video LLM, trained from scratch for a few hundred steps, counts the
+objects in held-out clips of 1-3 objects well above what the answer prior gives (open answers,
+generated and exact-matched). No turn's text names a later turn's answer (the describe task
+guarantees it), so the count can only come from the pixels."""
 import lightning as L
 import torch
 
@@ -9,16 +11,17 @@ from framelab.lightning_modules.video_llm import VideoLLMModule
 STEPS = 450
 
 
-def test_video_llm_learns_colour_and_shape_from_pixels(tmp_path):
+def test_video_llm_learns_to_count_from_pixels(tmp_path):
     torch.manual_seed(0)
     dm = VideoTextDataModule(
         tasks=["describe"], cache_dir=str(tmp_path / "world"), image_size=64, max_frames=4,
         max_tokens=768, samples={"train": 4096, "val": 96, "test": 0, "ood": 0}, shards=2,
-        task_params={"describe": {"size": 64, "mcq_prob": 0.0, "questions": 4, "max_objects": 1}})
+        task_params={"describe": {"size": 64, "mcq_prob": 0.0, "questions": 3, "max_objects": 3}})
     module = VideoLLMModule(
         model={"preset": "tiny", "hidden": 128, "layers": 4, "heads": 8, "kv_heads": 2,
                "head_dim": 16, "intermediate": 384},
-        vision={"width": 64, "depth": 2, "heads": 2, "patch_size": 8},
+        vision={"width": 64, "depth": 2, "heads": 2, "patch_size": 8,
+                "pixel_mean": [0.1, 0.1, 0.13], "pixel_std": [0.15, 0.15, 0.15]},
         evaluation={"generate": True, "max_new_tokens": 3, "log_samples": 0},
         optim={"lr": 1.0e-3}, scheduler={"warmup_steps": 20, "total_steps": STEPS})
     trainer = L.Trainer(max_steps=STEPS, accelerator="cpu", logger=False, enable_progress_bar=False,
@@ -27,6 +30,5 @@ def test_video_llm_learns_colour_and_shape_from_pixels(tmp_path):
     trainer.fit(module, datamodule=dm)
     metrics = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False).validate(module, datamodule=dm)[0]
-    # chance: 1 in 8 colours, 1 in 6 shapes
-    assert metrics["val/open_acc/describe/colour"] > 0.45, metrics
-    assert metrics["val/open_acc/describe/shape"] > 0.45, metrics
+    # a model that never looks answers from the prior: 1, 2 and 3 are equally likely (~1/3)
+    assert metrics["val/open_acc/describe/count"] > 0.6, metrics
