@@ -48,7 +48,7 @@ def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_se
     k = int(cfg["questions"])
     if not 1 <= k <= MAX_QUESTIONS:
         raise ValueError(f"describe: questions={k}; expected 1..{MAX_QUESTIONS}")
-    if k == 1:    # the single-question recipe draws one type (kept so existing samples stay put)
+    if k == 1:    # one question: any of the four types
         qtypes, ref = [QTYPES[rng.integers(len(QTYPES))]], None
         if move is None and qtypes == ["direction"]:  # no motion at the start: ask the colour
             qtypes = ["colour"]
