@@ -51,6 +51,12 @@ MCQ_MODES = ("score", "generate")   # option letters by log-prob after the promp
 LETTERS = "ABCD"
 
 
+def hit(reply: str, answer) -> tuple[str, str]:
+    """An exact-match answer (case and outer spaces ignored) as a one-letter choice, ("A", "A") or
+    ("-", "A"), so exact matches are counted by `ChoiceAccuracy` too."""
+    return ("A" if reply.strip().lower() == str(answer or "").strip().lower() else "-"), "A"
+
+
 def load_weights_file(path: str) -> dict:
     """{'state_dict': model weights without prefix, 'model_config', 'token_ids'} of a checkpoint."""
     if not Path(path).is_file():
@@ -229,29 +235,24 @@ class VideoLLMModule(FramelabModule):
         for d, reply in zip(docs, replies):
             meta, task = d["meta"], d["meta"].get("task") or "unknown"
             fmt, answer = meta.get("format"), str(meta.get("answer", ""))
-            if fmt == "mcq":
-                self.metric(f"{split}/mcq_acc/{task}", ChoiceAccuracy).update([reply], [answer])
-                if meta.get("qtype"):                    # per question type, e.g. describe/colour
-                    self.metric(f"{split}/mcq_acc/{task}/{meta['qtype']}",
-                                ChoiceAccuracy).update([reply], [answer])
-                self.metric(f"{split}/accuracy", ChoiceAccuracy).update([reply], [answer])
-                if meta.get("reply") == "rationale":     # did it name the right option's text?
-                    named = extract_named(reply) or ""
-                    hit = "A" if named.lower() == str(meta.get("answer_text", "")).lower() else "-"
-                    self.metric(f"{split}/mcq_named_acc/{task}", ChoiceAccuracy).update([hit], ["A"])
-                    if meta.get("qtype"):
-                        self.metric(f"{split}/mcq_named_acc/{task}/{meta['qtype']}",
-                                    ChoiceAccuracy).update([hit], ["A"])
-            elif fmt == "span":
+            if fmt == "span":
                 self.metric(f"{split}/tiou/{task}", TemporalIoU).update([reply], [meta.get("spans", [])])
-            elif fmt == "open":
-                # open answers by exact match, counted through the MCQ metric with one "letter"
-                hit = "A" if reply.strip().lower() == answer.strip().lower() else "-"
-                self.metric(f"{split}/open_acc/{task}", ChoiceAccuracy).update([hit], ["A"])
-                if meta.get("qtype"):
-                    self.metric(f"{split}/open_acc/{task}/{meta['qtype']}",
-                                ChoiceAccuracy).update([hit], ["A"])
-                self.metric(f"{split}/accuracy", ChoiceAccuracy).update([hit], ["A"])
+                continue
+            if fmt == "open":                # exact match, counted as a one-letter choice
+                reply, answer = hit(reply, answer)
+            elif fmt != "mcq":
+                continue
+            self.count(split, f"{fmt}_acc", meta, reply, answer)
+            self.metric(f"{split}/accuracy", ChoiceAccuracy).update([reply], [answer])
+            if fmt == "mcq" and meta.get("reply") == "rationale":   # named the right option?
+                named = extract_named(reply) or ""
+                self.count(split, "mcq_named_acc", meta, *hit(named, meta.get("answer_text")))
+
+    def count(self, split: str, name: str, meta: dict, reply: str, answer: str) -> None:
+        """Update `<split>/<name>/<task>` and, for typed questions, `.../<task>/<qtype>`."""
+        key = f"{split}/{name}/{meta.get('task') or 'unknown'}"
+        for k in [key] + ([f"{key}/{meta['qtype']}"] if meta.get("qtype") else []):
+            self.metric(k, ChoiceAccuracy).update([reply], [answer])
 
     def letter_ids(self) -> list[int] | None:
         """Token ids of the option letters A-D when each is one token (else None: generate)."""
@@ -281,7 +282,7 @@ class VideoLLMModule(FramelabModule):
         docs = self.documents(batch)
         scored = (self.eval_cfg["mcq"] == "score" and self.letter_ids() is not None)
         by_score = [d for d in docs if scored and self.letter_reply(d["meta"])]
-        rest = [d for d in docs if not (scored and self.letter_reply(d["meta"]))]
+        rest = [d for d in docs if not any(d is b for b in by_score)]
         if not self.eval_cfg["generate"]:                 # MCQ replies are always answered
             rest = [d for d in rest if d["meta"].get("format") == "mcq"]
         docs = by_score + rest

@@ -20,17 +20,20 @@ PREFIXES = ("the best answer is", "the correct answer is", "the answer is", "the
             "answer:", "option:", "answer", "option")
 
 
+def strip_prefix(s: str) -> str:
+    """`s` without one leading answer prefix ("The answer is", "Answer:", ...), if it has one."""
+    low = s.lower()
+    for p in PREFIXES:
+        if low.startswith(p):
+            return s[len(p):].lstrip(" :.-\n\t")
+    return s
+
+
 def extract_choice(text: str | None, choices: str = "ABCD") -> str | None:
     """The option letter a reply chooses, or None when it names none."""
     if not text:
         return None
-    s = text.strip()
-    for _ in range(2):                       # "Answer: The answer is (B)" strips both
-        low = s.lower()
-        for p in PREFIXES:
-            if low.startswith(p):
-                s = s[len(p):].lstrip(" :.-\n\t")
-                break
+    s = strip_prefix(strip_prefix(text.strip()))   # "Answer: The answer is (B)" strips both
     letters = re.escape(choices)
     if len(s.split()) > 10 and not re.search(f"[{letters}]", s):
         return None
@@ -43,12 +46,7 @@ def extract_named(text: str | None, choices: str = "ABCD") -> str | None:
     or None when the reply has no parenthesised option letter."""
     if not text:
         return None
-    s = text.strip()
-    low = s.lower()
-    for p in PREFIXES:
-        if low.startswith(p):
-            s = s[len(p):].lstrip(" :.-\n\t")
-            break
+    s = strip_prefix(text.strip())
     m = re.match(rf"(.*?)\s*\(([{re.escape(choices)}])\)", s)
     return m.group(1).strip() if m and m.group(1).strip() else None
 

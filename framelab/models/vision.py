@@ -2,8 +2,9 @@
 
 A video (T, 3, H, W) of pixels in [0, 1] (normalised per channel here, `pixel_mean` / `pixel_std`)
 is cut into tubelets of temporal_patch × patch_size × patch_size pixels, embedded by one linear
-map (a Conv3d whose stride equals its kernel), encoded by pre-norm transformer blocks with 2D rotary (h, w) positions, and
-merged `merge` × `merge` spatially by the projector (concatenate neighbours -> MLP -> LM width).
+map (a Conv3d whose stride equals its kernel), encoded by pre-norm transformer blocks with 2D
+rotary (h, w) positions, and merged `merge` × `merge` spatially by the projector (concatenate
+neighbours -> MLP -> LM width).
 A single image is a video of one frame, repeated to fill the temporal patch.
 
 Token order of one video, after merging: (t, h, w) row-major over the merged grid
@@ -49,6 +50,11 @@ class VisionEncoder(nn.Module):
             Block(cfg.width, cfg.heads, cfg.heads, head_dim, int(cfg.width * cfg.mlp_ratio),
                   cfg.norm_eps, qk_norm=False) for _ in range(cfg.depth))
         self.norm = RMSNorm(cfg.width, cfg.norm_eps)
+        # (C, 1, 1) for per-channel normalisation; not saved: the config is the source of truth
+        self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(-1, 1, 1),
+                             persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(-1, 1, 1),
+                             persistent=False)
         self.rotary = RotaryEmbedding(head_dim, cfg.rope_theta, (head_dim // 4, head_dim // 4))
         # 2D rotary as in Qwen2-VL's vision tower: h and w each get the *full* frequency range
         # (the plain contiguous split would give w only the lowest frequencies, under 0.01 rad
@@ -65,9 +71,7 @@ class VisionEncoder(nn.Module):
         # per-channel normalisation (VisionConfig.pixel_mean / pixel_std). Raw [0, 1] input, or
         # any normalisation that leaves a uniform background far from zero, gives every token a
         # large shared component, and the LM learns to ignore the nearly identical vision tokens
-        mean = torch.tensor(cfg.pixel_mean, dtype=video.dtype, device=video.device)
-        std = torch.tensor(cfg.pixel_std, dtype=video.dtype, device=video.device)
-        video = (video - mean[:, None, None]) / std[:, None, None]
+        video = (video - self.pixel_mean.to(video.dtype)) / self.pixel_std.to(video.dtype)
         if frames % tp:  # pad time by repeating the last frame
             video = torch.cat([video, video[-1:].expand(tp - frames % tp, -1, -1, -1)])
         x = video.reshape(t, tp, c, hm, m, p, wm, m, p)
