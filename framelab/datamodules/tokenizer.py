@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from itertools import product
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -18,24 +19,27 @@ from framelab.datamodules.special_tokens import MEDIA_PLACEHOLDERS, SPECIAL_TOKE
 from framelab.errors import UserError
 from framelab.world import RECIPE_VERSION
 from framelab.world.scene import SPLITS
-from framelab.world.tasks import TASKS, make_sample
+from framelab.world.tasks import TASKS, make_sample, task_defaults
+from framelab.world.tasks.common import MCQ_REPLIES
 
 
 def world_corpus(samples_per_task: int = 64) -> list[str]:
-    """Text of `samples_per_task` samples of every task and split (generated without rendering)."""
+    """Text of `samples_per_task` samples of every task and split, in each multiple-choice reply
+    format the task has (generated without rendering)."""
     texts = []
     for task in TASKS:
         params = {"lengths": [64]} if task == "needle" else {}
-        for split in SPLITS:
-            for i in range(samples_per_task):
-                s = make_sample(task, split, i, params, render=False)
-                for turn in s.conversation:
-                    text = turn["content"]
-                    for ph in MEDIA_PLACEHOLDERS:
-                        text = text.replace(ph, "")
-                    texts.append(text.strip())
-                if "hint" in s.meta:
-                    texts.append(s.meta["hint"])
+        replies = MCQ_REPLIES if "mcq_reply" in task_defaults(task) else (None,)
+        for split, reply, i in product(SPLITS, replies, range(samples_per_task)):
+            s = make_sample(task, split, i, {**params, "mcq_reply": reply} if reply else params,
+                            render=False)
+            for turn in s.conversation:
+                text = turn["content"]
+                for ph in MEDIA_PLACEHOLDERS:
+                    text = text.replace(ph, "")
+                texts.append(text.strip())
+            if "hint" in s.meta:
+                texts.append(s.meta["hint"])
     return texts
 
 

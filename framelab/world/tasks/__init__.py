@@ -4,10 +4,11 @@
 """
 from __future__ import annotations
 
-from framelab.world.tasks import cue, describe, future, images, needle
+from framelab.world.tasks import cue, describe, future, images, needle, read
 from framelab.world.tasks.common import Sample
 
-_MODULES = {"describe": describe, "needle": needle, "future": future, "cue": cue, "images": images}
+_MODULES = {"describe": describe, "needle": needle, "future": future, "cue": cue, "images": images,
+            "read": read}
 TASKS = tuple(_MODULES)
 
 

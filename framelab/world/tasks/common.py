@@ -3,9 +3,11 @@
 A sample is media (frames) + a chat conversation + JSON metadata + ground-truth arrays. The user's
 turn carries a `<video>` (or `<image>`) placeholder where the visual input goes; datamodules expand
 it into vision tokens. Multiple-choice questions list options A-D and expect the letter (reply
-"letter": "B") or the option's text and then its letter (reply "rationale": "Answer: red (B)" -- a
+"letter": "B") or the option's text and then its letter (reply "rationale": "Answer: red B" -- a
 one-word reason before the choice: naming what it saw and finding that name among the options are
-then two skills a small model can learn one at a time).
+then two skills a small model can learn one at a time). The letter follows the option's text
+directly: with tokens in between ("red (B)") a small model learns to find the letter of the
+option it named far more slowly (docs/videollm.md).
 Open questions expect a single word, number or span.
 """
 from __future__ import annotations
@@ -69,13 +71,16 @@ def ask(rng: np.random.Generator, question: str, correct: str, pool, mcq_prob: f
         choices = [choices[i] for i in rng.permutation(len(choices))]
         letter = LETTERS[choices.index(correct)]
         suffix = MCQ_SUFFIX if mcq_reply == "letter" else RATIONALE_SUFFIX
-        lines = [question] + [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)] + [suffix]
+        # the instruction before the options (as Video-MME's prompt has it): the reply then follows
+        # the option list directly; with the instruction between them, a text-only probe of this
+        # format did not learn to find a named option's letter in 36k questions (docs/videollm.md)
+        lines = [question, suffix] + [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)]
         meta = {"format": "mcq", "answer": letter, "answer_text": correct, "choices": choices,
                 "reply": mcq_reply}
         prompt = "\n".join(lines)
         # "Answer: red" so the named option is the very token of its option line (" red"): a
         # reply opening with "red" would need the model to learn that "red" and " red" match
-        reply = letter if mcq_reply == "letter" else f"Answer: {correct} ({letter})"
+        reply = letter if mcq_reply == "letter" else f"Answer: {correct} {letter}"
     else:
         meta = {"format": "open", "answer": correct, "answer_text": correct, "choices": []}
         prompt, reply = f"{question}\n{OPEN_SUFFIX}", correct

@@ -30,7 +30,7 @@ DEFAULTS = {
     "max_objects": 6,
     "mcq_prob": 0.5,      # probability of a multiple-choice question (else open answer)
     "questions": 1,       # questions (turns) per clip, each of a different type, 1..3
-    "mcq_reply": "letter",  # multiple-choice reply: "letter" (B) or "rationale" (Answer: red (B))
+    "mcq_reply": "letter",  # multiple-choice reply: "letter" (B) or "rationale" (Answer: red B)
 }
 QTYPES = ("colour", "shape", "count", "direction")
 MAX_QUESTIONS = 3
