@@ -33,9 +33,10 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
 
 
 def sample_members(sample, frames_format: str) -> dict[str, bytes]:
-    """Tar members of one generated sample."""
+    """Tar members of one generated sample (a text-only sample has no frame members)."""
     members = {"json": json.dumps(sample.annotation(), separators=(",", ":")).encode()}
-    members.update(encode_frames(sample.frames, frames_format))
+    if sample.frames is not None:
+        members.update(encode_frames(sample.frames, frames_format))
     for name, clip in sample.extra_frames.items():
         members.update(encode_frames(clip, frames_format, prefix=f"{name}."))
     if sample.gt:
@@ -74,7 +75,7 @@ def synthesize(task: str, out: str | os.PathLike, samples: int, shards: int = 1,
                 writer.write(sample.key, sample_members(sample, frames_format))
                 counts["qtype"][str(sample.meta.get("qtype", task))] += 1
                 counts["format"][str(sample.meta.get("format", ""))] += 1
-                counts["frames"][str(len(sample.frames))] += 1
+                counts["frames"][str(0 if sample.frames is None else len(sample.frames))] += 1
                 bar.update(1)
         entries.append(shard_entry(path, root))
     bar.close()

@@ -9,7 +9,8 @@ max_tokens without cutting any (cu_seqlens), or pad a fixed number of samples pe
 Batch (dict): input_ids (B, S) long; labels (B, S) long, unshifted, -100 where no loss;
 attention_mask (B, S) when not packed; cu_seqlens (n_docs + 1,) int32 when packed (B = 1; with
 pad_to_multiple_of the padding is one extra trailing document); videos: list of float32 (T, 3, H, W)
-in [0, 1], T even, in order of their vision blocks; future_videos when load_future; sample_ids;
+in [0, 1], T even, in order of their vision blocks (text-only samples -- annotation num_frames 0,
+no media placeholder -- have none); future_videos when load_future; sample_ids;
 meta (task, answer, choices, spans, ... per sample). A sample too long for max_tokens even at
 2 frames is skipped as "too_long"; otherwise its frames are reduced until it fits.
 
@@ -57,6 +58,9 @@ class VideoTransform:
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                 for m in conv):
             raise SampleError("bad_json", "conversations must be a list of {role, content}")
+        meta = {"task": ann.get("task"), "key": ref.key, "fps": ann.get("fps"), **(ann.get("meta") or {})}
+        if ann.get("num_frames") == 0:      # text-only (e.g. the world's read task)
+            return self._text_only(conv, meta, (budget or self.budget())[1])
         source = FrameSource(members, "", ann.get("num_frames"))
         limit, max_tokens = budget or self.budget()
         try:
@@ -73,8 +77,7 @@ class VideoTransform:
         index = select_frames(source.count, self.sampling, limit, ann.get("fps"), self.sample_fps)
         video = to_tensor(source.get(index), self.size)
         ids, labels = self.encoder.fill_vision(ids, labels, [vision_tokens(len(index), *self.size, self.patch)])
-        meta = {"task": ann.get("task"), "key": ref.key, "fps": ann.get("fps"), "frame_indices": index,
-                **(ann.get("meta") or {})}
+        meta["frame_indices"] = index
         item = {"input_ids": np.asarray(ids, np.int32), "labels": np.asarray(labels, np.int32),
                 "video": video, "num_tokens": len(ids), "meta": meta}
         if self.load_future:
@@ -85,6 +88,19 @@ class VideoTransform:
             pick = list(range(future.count)) + ([future.count - 1] if future.count % 2 else [])
             item["future"] = to_tensor(future.get(pick), self.size)
         return item
+
+    def _text_only(self, conv: list, meta: dict, max_tokens: int) -> dict:
+        """A sample without video: its conversation must have no media placeholder."""
+        if self.load_future:
+            raise SampleError("missing_future", "load_future is set but the sample is text-only")
+        try:
+            ids, labels = self.encoder.encode(conv, [])
+        except ValueError as e:
+            raise SampleError("bad_conversation", str(e)) from None
+        if max_tokens and len(ids) > max_tokens:
+            raise SampleError("too_long", f"{len(ids)} text tokens exceed max_tokens={max_tokens}")
+        return {"input_ids": np.asarray(ids, np.int32), "labels": np.asarray(labels, np.int32),
+                "video": None, "num_tokens": len(ids), "meta": {**meta, "frame_indices": []}}
 
 
 class VideoTextDataModule(StreamingDataModule):

@@ -80,6 +80,26 @@ def test_packed_batches_match_contract(cache):
     assert sorted(seen) == sorted(f"describe_train_{i:09d}" for i in range(16))
 
 
+def test_text_only_samples_pack_beside_videos(cache):
+    """read samples (no video) share packed rows with describe clips: no vision block, no entry in
+    `videos`, loss on their replies; every video still lines up with its block."""
+    dm = make_dm(cache, tasks=["describe", "read"], max_tokens=600,
+                 task_params={"read": {"questions": 2}})
+    sid = dm.special_ids
+    tasks = []
+    for batch in dm.train_dataloader():
+        ids, labels, cu = batch["input_ids"][0].tolist(), batch["labels"][0], batch["cu_seqlens"].tolist()
+        spans = blocks(ids, sid)
+        assert len(spans) == len(batch["videos"])
+        for k, meta in enumerate(batch["meta"]):
+            a, b = cu[k], cu[k + 1]
+            inside = [s for s, _ in spans if a <= s < b]
+            assert len(inside) == (0 if meta["task"] == "read" else 1)
+            assert int((labels[a:b] != IGNORE).sum()) > 0
+            tasks.append(meta["task"])
+    assert tasks.count("read") == 16 and tasks.count("describe") == 16
+
+
 def test_padded_batches_and_frame_budget_change(cache):
     dm = make_dm(cache, pack=False, batch_size=3, max_tokens=0)
     it = iter(dm.train_dataloader())
