@@ -16,7 +16,7 @@ datamodule's tokenizer; its resolved config and token ids are stored in every ch
 
 Evaluation (`validate`/`test`): multiple-choice questions are answered by option-letter scoring
 (`evaluation.mcq=score`: the letter A-D with the highest logit right after the prompt, from the
-loss forward pass) or, with `mcq=generate` or a "rationale" reply ("Answer: red (B)", see
+loss forward pass) or, with `mcq=generate` or a "rationale" reply ("Answer: red B", see
 `framelab.world.tasks.common`), by greedy cached generation (`generate_multimodal`) and
 `extract_choice` (denominator: every MCQ question, unanswered = wrong); open answers (exact match)
 and "when" spans (temporal IoU) are generated when `evaluation.generate` is true. Metric names:

@@ -42,12 +42,13 @@ def extract_choice(text: str | None, choices: str = "ABCD") -> str | None:
 
 
 def extract_named(text: str | None, choices: str = "ABCD") -> str | None:
-    """The option text a "rationale" reply names before its letter ("Answer: red (B)" -> "red"),
-    or None when the reply has no parenthesised option letter."""
+    """The option text a "rationale" reply names before the letter it ends with ("Answer: red B"
+    or "Answer: red (B)" -> "red"), or None when the reply does not end with a standalone letter
+    after some text."""
     if not text:
         return None
     s = strip_prefix(text.strip())
-    m = re.match(rf"(.*?)\s*\(([{re.escape(choices)}])\)", s)
+    m = re.match(rf"(.*?)(?:\s+|\s*\()([{re.escape(choices)}])\)?\.?$", s)
     return m.group(1).strip() if m and m.group(1).strip() else None
 
 

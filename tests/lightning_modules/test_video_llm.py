@@ -209,7 +209,7 @@ def test_rationale_mcq_is_generated_even_when_letters_are_scored():
 def test_rationale_replies_also_score_the_named_option():
     from framelab.metrics import extract_named
 
-    assert extract_named("Answer: red (B)") == "red" and extract_named("3 (A)") == "3"
+    assert extract_named("Answer: red B") == "red" and extract_named("3 (A)") == "3"
     assert extract_named("Answer: B") is None and extract_named("(C)") is None
     m = built()
     meta = {"task": "describe", "format": "mcq", "reply": "rationale", "qtype": "colour"}
