@@ -139,3 +139,16 @@ def test_local_tokenizer_gets_special_tokens(tmp_path):
     loaded = load_tokenizer(tmp_path)
     assert all(loaded.token_to_id(t) is not None for t in SPECIAL_TOKENS)
     assert loaded.encode("red ring").ids == [1, 2]
+
+
+def test_world_tokenizer_puts_the_letter_right_after_the_option_text():
+    """The rationale reply's option text is the very token of its option line, and its letter is
+    the next token: the tokenizer is trained on both reply formats (see world.tasks.common)."""
+    from framelab.datamodules.tokenizer import train_world_tokenizer
+
+    tok = train_world_tokenizer()
+    for text, letter in [("red", "B"), ("3", "C"), ("diamond", "A"), ("left", "D")]:
+        option = tok.encode(f"What is it?\nA. x\n{letter}. {text}", add_special_tokens=False).ids
+        reply = tok.encode(f"Answer: {text} {letter}", add_special_tokens=False).ids
+        assert reply[-2] == option[-1]
+        assert tok.decode([reply[-1]]) == f" {letter}"

@@ -4,7 +4,7 @@ import pytest
 
 from framelab.world.scene import SPLIT_STRIDE, SPLITS, sample_seed
 from framelab.world.tasks import TASKS, make_sample
-from framelab.world.tasks.common import LETTERS
+from framelab.world.tasks.common import LETTERS, RATIONALE_SUFFIX
 from framelab.world.tasks.cue import highlight
 from framelab.world.vocab import HELD_OUT_PAIRS, class_id, region_of
 
@@ -123,7 +123,11 @@ def test_rationale_reply_names_the_option_then_its_letter():
     for i in range(40):
         s = make_sample("describe", "train", i, {"questions": 3, "mcq_prob": 1.0,
                                                  "mcq_reply": "rationale"}, render=False)
-        for turn, reply in zip(s.meta["turns"], s.conversation[1::2]):
+        for turn, user, reply in zip(s.meta["turns"], s.conversation[0::2], s.conversation[1::2]):
+            # question, instruction, then the options: the reply follows the option list
+            lines = user["content"].replace("<video>\n", "").split("\n")
+            assert lines[1] == RATIONALE_SUFFIX
+            assert lines[2:] == [f"{L}. {c}" for L, c in zip(LETTERS, turn["choices"])]
             assert turn["reply"] == "rationale"
             assert reply["content"] == f"Answer: {turn['answer_text']} {turn['answer']}"
             assert extract_choice(reply["content"]) == turn["answer"]
