@@ -2,7 +2,7 @@
 
 A sample is media (frames) + a chat conversation + JSON metadata + ground-truth arrays. The user's
 turn carries a `<video>` (or `<image>`) placeholder where the visual input goes; datamodules expand
-it into vision tokens. Multiple-choice questions list options A-D and expect the letter (reply
+it into vision tokens (a text-only task, `read`, has no frames and no placeholder). Multiple-choice questions list options A-D and expect the letter (reply
 "letter": "B") or the option's text and then its letter (reply "rationale": "Answer: red B" -- a
 one-word reason before the choice: naming what it saw and finding that name among the options are
 then two skills a small model can learn one at a time). The letter follows the option's text
@@ -60,7 +60,8 @@ def ask(rng: np.random.Generator, question: str, correct: str, pool, mcq_prob: f
         media: str | None = "<video>", mcq_reply: str = "letter") -> tuple[list, dict]:
     """A two-turn conversation asking `question`, multiple choice with probability `mcq_prob`
     (three distractors from `pool`) or open. Returns (conversation, answer metadata). `media` is
-    the placeholder the user turn starts with (None: none, e.g. a follow-up question); `mcq_reply`
+    what the user turn starts with: a placeholder, or text standing in for one (read's
+    description); None: nothing, e.g. a follow-up question; `mcq_reply`
     is the multiple-choice reply format, "letter" or "rationale" (see the module docstring)."""
     if mcq_reply not in MCQ_REPLIES:
         raise ValueError(f"mcq_reply={mcq_reply!r}; expected one of {', '.join(MCQ_REPLIES)}")

@@ -6,8 +6,9 @@ carry a `<video>`; the questions are describe's (colour, shape, count, direction
 describe's format, one per turn, each about one object of the scene. The answer is in the text.
 
 Why a text task in a video world: a video LLM starts from a language model that already reads
-multiple-choice questions -- InternVideo3's from a pretrained Qwen3, and its SFT mixture keeps
-text-only instruction data. framelab's tiny default LM starts from scratch, and finding the letter
+multiple-choice questions (InternVideo3 from Qwen3-8B), and SFT mixtures commonly keep some
+text-only instruction data (LLaVA-1.5's has ShareGPT conversations). framelab's tiny default LM
+starts from scratch, and finding the letter
 of the option it means is pure text (docs/videollm.md measures how slowly it comes from video
 questions alone). Reading questions are that skill's practice at a few dozen tokens each, with
 no vision tokens to pay for.
