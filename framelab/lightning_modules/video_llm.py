@@ -180,9 +180,16 @@ class VideoLLMModule(FramelabModule):
         targets = self.targets(batch)[:, 1:]
         n = int((targets != -100).sum())
         if n == 0:                                       # e.g. a row of prompts only
-            return hidden.sum() * 0.0, 0, hidden
-        loss = linear_cross_entropy(hidden[:, :-1], self.model.lm.output_weight, targets,
-                                    chunk_size=self.loss_chunk_size)
+            loss = hidden.sum() * 0.0
+        else:
+            loss = linear_cross_entropy(hidden[:, :-1], self.model.lm.output_weight, targets,
+                                        chunk_size=self.loss_chunk_size)
+        if self.training and not batch.get("videos"):
+            # a row of text-only samples: the vision tower and projector still get a (zero)
+            # gradient, so DDP's reducer, which expects every trainable parameter, does not stall
+            idle = [p for m in (self.model.vision, self.model.projector) for p in m.parameters()
+                    if p.requires_grad]
+            loss = loss + 0.0 * sum(p.sum() for p in idle)
         return loss, n, hidden
 
     # ---- evaluation -------------------------------------------------------------------------
