@@ -71,6 +71,12 @@ def load_weights_file(path: str) -> dict:
             "token_ids": ckpt.get("videollm_tokens", {})}
 
 
+
+def data_parallel() -> bool:
+    """Whether this process is one of several in a torch.distributed group."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
+
 class VideoLLMModule(FramelabModule):
     def __init__(self, model: dict, vision: dict | None = None, stage: str = "sft",
                  freeze: dict | None = None, init_from: str | None = None,
@@ -184,9 +190,10 @@ class VideoLLMModule(FramelabModule):
         else:
             loss = linear_cross_entropy(hidden[:, :-1], self.model.lm.output_weight, targets,
                                         chunk_size=self.loss_chunk_size)
-        if self.training and not batch.get("videos"):
-            # a row of text-only samples: the vision tower and projector still get a (zero)
-            # gradient, so DDP's reducer, which expects every trainable parameter, does not stall
+        if self.training and not batch.get("videos") and data_parallel():
+            # a row of text-only samples under DDP: the vision tower and projector still get a
+            # (zero) gradient, since DDP's reducer waits for every trainable parameter. In one
+            # process they keep no gradient, so the optimizer leaves them alone that step.
             idle = [p for m in (self.model.vision, self.model.projector) for p in m.parameters()
                     if p.requires_grad]
             loss = loss + 0.0 * sum(p.sum() for p in idle)

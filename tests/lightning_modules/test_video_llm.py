@@ -38,20 +38,30 @@ def test_stage_targets():
     assert cpt.tolist() == [[-100, -100, -100, 7, 8, -100, -100, 9, 4, -100]]
 
 
-def test_text_only_rows_still_give_every_trainable_parameter_a_gradient():
+def test_text_only_rows_still_give_every_trainable_parameter_a_gradient(monkeypatch):
     """A packed row of text-only samples (no videos) must not leave the vision tower without a
-    gradient: under DDP every rank's reducer waits for every trainable parameter."""
-    m = built(stage="sft")
-    m.train()
+    gradient under DDP (every rank's reducer waits for every trainable parameter); in one process
+    the tower keeps no gradient, so the optimizer skips it that step."""
+    import framelab.lightning_modules.video_llm as video_llm
+
     batch = {"input_ids": torch.tensor([[1, 7, 8, 9, 3, 4]]),
              "labels": torch.tensor([[-100, -100, 8, 9, -100, 4]]),
              "cu_seqlens": torch.tensor([0, 4, 6]), "videos": []}
-    loss, n = m.compute_loss(batch)
-    loss.backward()
-    assert n == 3
-    missing = [k for k, p in m.model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, missing
-    assert all(float(p.grad.abs().sum()) == 0.0 for p in m.model.vision.parameters())
+    for parallel in (False, True):
+        monkeypatch.setattr(video_llm, "data_parallel", lambda: parallel)
+        m = built(stage="sft")
+        m.train()
+        loss, n = m.compute_loss(batch)
+        loss.backward()
+        assert n == 3
+        vision = list(m.model.vision.parameters()) + list(m.model.projector.parameters())
+        if parallel:
+            missing = [k for k, p in m.model.named_parameters() if p.requires_grad and p.grad is None]
+            assert not missing, missing
+            assert all(float(p.grad.abs().sum()) == 0.0 for p in vision)
+        else:
+            assert all(p.grad is None for p in vision)
+            assert m.model.lm.embed_tokens.weight.grad is not None
 
 
 def test_freezing_removes_parts_from_the_optimizer():
