@@ -71,7 +71,6 @@ def load_weights_file(path: str) -> dict:
             "token_ids": ckpt.get("videollm_tokens", {})}
 
 
-
 def data_parallel() -> bool:
     """Whether this process is one of several in a torch.distributed group."""
     return torch.distributed.is_available() and torch.distributed.is_initialized() \
