@@ -76,6 +76,7 @@ def data_parallel() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized() \
         and torch.distributed.get_world_size() > 1
 
+
 class VideoLLMModule(FramelabModule):
     def __init__(self, model: dict, vision: dict | None = None, stage: str = "sft",
                  freeze: dict | None = None, init_from: str | None = None,

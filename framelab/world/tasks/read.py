@@ -8,16 +8,15 @@ describe's format, one per turn, each about one object of the scene. The answer 
 Why a text task in a video world: a video LLM starts from a language model that already reads
 multiple-choice questions (InternVideo3 from Qwen3-8B), and SFT mixtures commonly keep some
 text-only instruction data (LLaVA-1.5's has ShareGPT conversations). framelab's tiny default LM
-starts from scratch, and finding the letter
-of the option it means is pure text (docs/videollm.md measures how slowly it comes from video
-questions alone). Reading questions are that skill's practice at a few dozen tokens each, with
-no vision tokens to pay for.
+starts from scratch, and finding the letter of the option it means is pure text
+(docs/videollm.md measures how slowly it comes from video questions alone). Reading questions
+are that skill's practice at a few dozen tokens each, with no vision tokens to pay for.
 """
 from __future__ import annotations
 
 from framelab.world.scene import domain, make_objects, pick_pairs, rng_for
 from framelab.world.tasks.common import Sample, ask, sample_key
-from framelab.world.tasks.describe import question
+from framelab.world.tasks.describe import QTYPES, question
 from framelab.world.vocab import DIRECTIONS
 
 DEFAULTS = {
@@ -29,7 +28,6 @@ DEFAULTS = {
     "mcq_reply": "letter",  # multiple-choice reply: "letter" (B) or "rationale" (Answer: red B)
     "still_prob": 0.25,   # probability that an object is described without a motion
 }
-QTYPES = ("colour", "shape", "count", "direction")
 
 
 def describe_scene(names: list[str], moves: list[str | None]) -> str:
