@@ -37,13 +37,19 @@ class StreamingDataModule(L.LightningDataModule):
     """Base class; subclasses define `_transform(split)`, `_plan(train)` and `_collate()`."""
 
     def __init__(self, *, tasks, task_params, samples, shards, data_dir, cache_dir, test_splits,
-                 frames_format, world_seed, seed, shuffle, num_workers, max_skip_rate, skip_check_after):
+                 frames_format, world_seed, seed, shuffle, num_workers, max_skip_rate, skip_check_after,
+                 weights=None):
         super().__init__()
         tasks, task_params, samples, data_dir, test_splits = (
             plain(x) for x in (tasks, task_params, samples, data_dir, test_splits))
         self.tasks = [tasks] if isinstance(tasks, str) else list(tasks or [])
         self.task_params = dict(task_params or {})
         self.samples = samples
+        self.weights = {k: float(v) for k, v in (plain(weights) or {}).items()}
+        bad = {k: v for k, v in self.weights.items() if k not in self.tasks or v < 0}
+        if bad:
+            raise UserError(f"data.weights {bad}: each key must be one of data.tasks {self.tasks} and "
+                            "each weight >= 0 (a task's share of the training samples, 1 by default)")
         self.shards = shards
         self.data_dir = data_dir
         self.cache_dir = resolve_cache_dir(cache_dir)
@@ -65,21 +71,24 @@ class StreamingDataModule(L.LightningDataModule):
             raise UserError(f"test_splits {unknown} unknown; choose from {list(SPLITS)}")
 
     # ----------------------------------------------------------------- where the shards are
-    def _split_samples(self, split: str) -> int:
+    def _split_samples(self, split: str, task: str) -> int:
+        """Samples of `task` in `split`: `samples` per split (an int: that many train samples and
+        an eighth for each other split), times the task's mixing weight in the train split (the
+        stream draws uniformly from all of a split's samples, so counts are the mixture)."""
         if isinstance(self.samples, int):
-            return self.samples if split == "train" else max(1, self.samples // 8)
-        return int(self.samples.get(split, 0))
+            n = self.samples if split == "train" else max(1, self.samples // 8)
+        else:
+            n = int(self.samples.get(split, 0))
+        return round(n * self.weights.get(task, 1.0)) if split == "train" else n
 
     def _folders(self, split: str) -> list[Path]:
         """Shard folders of a split ([] when the split has no data)."""
         if self.data_dir is not None:
             return self._real_folders(split)
-        n = self._split_samples(split)
-        if n <= 0:
-            return []
+        counts = {task: self._split_samples(split, task) for task in self.tasks}
         return [ensure_world_shards(self.cache_dir, task, split, n, self.shards, self.task_params.get(task),
                                     self.frames_format, self.world_seed, progress=True)
-                for task in self.tasks]
+                for task, n in counts.items() if n > 0]
 
     def _real_folders(self, split: str) -> list[Path]:
         spec = self.data_dir

@@ -114,8 +114,9 @@ class VideoTextDataModule(StreamingDataModule):
                  max_frames: int = 16, sample_fps: float = 2.0, pack: bool = True,
                  max_tokens: int = 2048, max_samples_per_pack: int = 0, pad_to_multiple_of: int = 0,
                  batch_size: int = 4, load_future: bool = False, num_workers: int = 0, seed: int = 0,
-                 shuffle: bool = True, max_skip_rate: float = 0.05, skip_check_after: int = 64):
-        super().__init__(tasks=tasks, task_params=task_params,
+                 shuffle: bool = True, max_skip_rate: float = 0.05, skip_check_after: int = 64,
+                 weights: dict | None = None):
+        super().__init__(tasks=tasks, task_params=task_params, weights=weights,
                          samples=samples if samples is not None else {"train": 512, "val": 64, "test": 64, "ood": 64},
                          shards=shards, data_dir=data_dir, cache_dir=cache_dir, test_splits=test_splits,
                          frames_format=frames_format, world_seed=world_seed, seed=seed, shuffle=shuffle,

@@ -296,7 +296,9 @@ class VideoLLMModule(FramelabModule):
         docs = self.documents(batch)
         scored = (self.eval_cfg["mcq"] == "score" and self.letter_ids() is not None)
         by_score = [d for d in docs if scored and self.letter_reply(d["meta"])]
-        rest = [d for d in docs if not any(d is b for b in by_score)]
+        # captions (format "caption") and unrecorded turns are not scored: not generated either
+        rest = [d for d in docs if not any(d is b for b in by_score)
+                and d["meta"].get("format") in ("mcq", "open", "span")]
         if not self.eval_cfg["generate"]:                 # MCQ replies are always answered
             rest = [d for d in rest if d["meta"].get("format") == "mcq"]
         docs = by_score + rest

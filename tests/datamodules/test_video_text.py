@@ -8,6 +8,7 @@ from framelab.datamodules.special_tokens import (IM_END, IM_START, SPECIAL_TOKEN
                                                  VISION_START)
 from framelab.datamodules.tokenizer import load_tokenizer
 from framelab.datamodules.video_text import VideoTextDataModule
+from framelab.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,17 @@ def test_world_tokenizer_puts_the_letter_right_after_the_option_text():
         reply = tok.encode(f"Answer: {text} {letter}", add_special_tokens=False).ids
         assert reply[-2] == option[-1]
         assert tok.decode([reply[-1]]) == f" {letter}"
+
+
+def test_task_weights_set_each_task_share_of_the_training_stream(cache):
+    """data.weights scales a task's train samples (the stream's mixture); evaluation splits keep
+    their counts; a weight for a task not in the mixture, or a negative one, is one clear error."""
+    dm = make_dm(cache, tasks=["describe", "read"], max_tokens=600, weights={"read": 2.5},
+                 task_params={"read": {"questions": 2}})
+    tasks = [m["task"] for batch in dm.train_dataloader() for m in batch["meta"]]
+    assert tasks.count("read") == 40 and tasks.count("describe") == 16
+    evaluated = [m["task"] for batch in dm.val_dataloader() for m in batch["meta"]]
+    assert evaluated.count("read") == 4 and evaluated.count("describe") == 4
+    for bad in ({"future": 2}, {"read": -1}):
+        with pytest.raises(UserError, match="data.weights"):
+            VideoTextDataModule(tasks=["describe", "read"], cache_dir=cache, weights=bad)

@@ -26,7 +26,7 @@ def test_split_seed_ranges_are_disjoint():
         sample_seed("train", SPLIT_STRIDE)
 
 
-@pytest.mark.parametrize("task", [t for t in TASKS if t != "read"])
+@pytest.mark.parametrize("task", [t for t in TASKS if t not in ("read", "choose")])  # text only
 def test_conversation_and_answer_shape(task):
     for i in range(12):
         s = make_sample(task, "train", i)
@@ -167,3 +167,43 @@ def test_read_is_text_only_and_its_answers_are_in_the_description():
     assert make_sample("read", "train", 0, {"questions": 1}, render=False).meta["turns"][0]
     with pytest.raises(ValueError):
         make_sample("read", "train", 0, {"questions": 5})
+
+
+def test_caption_names_every_object_left_to_right_with_its_start_direction():
+    """caption: the reply is read's sentence for the clip -- every object by colour and shape, in
+    order of its x at the first frame, with "moving <d>" exactly when its start direction is clear,
+    and that direction agrees with its ground-truth displacement."""
+    for i in range(40):
+        s = make_sample("caption", "train", i, {"size": 64})
+        assert s.frames.shape == (8, 64, 64, 3) and s.conversation[0]["content"].startswith("<video>")
+        text = s.conversation[1]["content"]
+        assert text == s.meta["answer"] and text.startswith("The video shows ") and text.endswith(".")
+        objs, pos = s.meta["objects"], s.gt["pos"]
+        order = np.argsort(pos[0, :, 0])
+        at = [text.index(f"{objs[j]['colour']} {objs[j]['shape']}") for j in order]
+        assert at == sorted(at) and len(objs) == text.count(" a ") + text.count(" an ")
+        for j in order:
+            name = f"{objs[j]['colour']} {objs[j]['shape']}"
+            tail = text[text.index(name) + len(name):]
+            if tail.startswith(" moving "):
+                d = tail.split()[1].strip(",.")
+                dx, dy = pos[4, j] - pos[0, j]
+                horizontal = abs(dx) > abs(dy)
+                assert {"left": horizontal and dx < 0, "right": horizontal and dx > 0,
+                        "up": not horizontal and dy < 0, "down": not horizontal and dy > 0}[d]
+
+
+def test_choose_quotes_one_option_and_the_reply_gives_its_line():
+    """choose: text only; each turn quotes one of its four distinct options, and the reply names
+    it and then the letter of its line; the quoted words range over the world's vocabulary."""
+    quoted = set()
+    for i in range(40):
+        s = make_sample("choose", "train", i)
+        assert s.frames is None and s.annotation()["num_frames"] == 0
+        for turn, (user, reply) in zip(s.meta["turns"], zip(s.conversation[::2], s.conversation[1::2])):
+            word = user["content"].split('"')[1]
+            assert turn["answer_text"] == word and len(set(turn["choices"])) == 4
+            assert f"\n{turn['answer']}. {word}\n" in user["content"] + "\n"
+            assert reply["content"] == f"Answer: {word} {turn['answer']}"
+            quoted.add(word)
+    assert len(quoted) > 40

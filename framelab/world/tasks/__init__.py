@@ -4,11 +4,12 @@
 """
 from __future__ import annotations
 
-from framelab.world.tasks import cue, describe, future, images, needle, read
+from framelab.world.tasks import caption, choose, cue, describe, future, images, needle, read
 from framelab.world.tasks.common import Sample
 
 _MODULES = {"describe": describe, "needle": needle, "future": future, "cue": cue, "images": images,
-            "read": read}
+            "read": read, "caption": caption,
+            "choose": choose}
 TASKS = tuple(_MODULES)
 
 

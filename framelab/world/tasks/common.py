@@ -90,6 +90,14 @@ def ask(rng: np.random.Generator, question: str, correct: str, pool, mcq_prob: f
     return conv, meta
 
 
+def scene_sentence(names: list[str], moves: list[str | None]) -> str:
+    """"The video shows a red circle moving left, a blue square and a green ring." """
+    parts = [f"{'an' if n[0] in 'aeiou' else 'a'} {n}" + (f" moving {m}" if m else "")
+             for n, m in zip(names, moves)]
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"The video shows {listed}."
+
+
 def scene_meta(objs: list[Obj], traj: Trajectory) -> dict:
     """Object list and event list for the sample's JSON."""
     return {"objects": [o.describe() for o in objs], "events": traj.events}

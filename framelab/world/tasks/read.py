@@ -15,7 +15,7 @@ are that skill's practice at a few dozen tokens each, with no vision tokens to p
 from __future__ import annotations
 
 from framelab.world.scene import domain, make_objects, pick_pairs, rng_for
-from framelab.world.tasks.common import Sample, ask, sample_key
+from framelab.world.tasks.common import Sample, ask, sample_key, scene_sentence
 from framelab.world.tasks.describe import QTYPES, question
 from framelab.world.vocab import DIRECTIONS
 
@@ -30,14 +30,6 @@ DEFAULTS = {
 }
 
 
-def describe_scene(names: list[str], moves: list[str | None]) -> str:
-    """"The video shows a red circle moving left, a blue square and a green ring." """
-    parts = [f"{'an' if n[0] in 'aeiou' else 'a'} {n}" + (f" moving {m}" if m else "")
-             for n, m in zip(names, moves)]
-    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return f"The video shows {listed}."
-
-
 def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_seed: int = 0) -> Sample:
     cfg = {**DEFAULTS, **cfg}
     k = int(cfg["questions"])
@@ -50,7 +42,7 @@ def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_se
     moves = [None if rng.random() < cfg["still_prob"] else DIRECTIONS[rng.integers(len(DIRECTIONS))]
              for _ in objs]
     order = rng.permutation(n)
-    text = describe_scene([objs[i].name for i in order], [moves[i] for i in order])
+    text = scene_sentence([objs[i].name for i in order], [moves[i] for i in order])
     moving = [i for i in range(n) if moves[i]]
     kinds = [q for q in QTYPES if q != "direction" or moving]
     mcq_prob = float(rng.random() < cfg["mcq_prob"])

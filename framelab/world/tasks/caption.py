@@ -1,0 +1,41 @@
+"""caption: a describe-style clip and the one sentence that describes it (continued-pretraining data).
+
+The user asks for a description; the reply names every object, left to right at the first frame,
+with the direction it starts moving in when that is clear: "The video shows a red circle moving
+left and a blue square." -- the very sentence `read` asks its questions about. InternVideo3's
+continued pretraining is on video-text pairs like this; here a caption supervises the colour, shape
+and motion of every object in the clip in one reply, where a describe question supervises one
+fact, so the vision tower and projector learn what an object looks like from far fewer clips.
+"""
+from __future__ import annotations
+
+from framelab.world.physics import simulate
+from framelab.world.render import render
+from framelab.world.scene import domain, make_objects, pick_pairs, rng_for
+from framelab.world.tasks.common import Sample, direction, ground_truth, sample_key, scene_meta, scene_sentence
+
+DEFAULTS = {
+    "frames": 8,          # clip length
+    "size": 32,           # rendered frame side (pixels)
+    "fps": 4.0,           # nominal frame rate written to the metadata
+    "min_objects": 1,
+    "max_objects": 3,
+}
+PROMPT = "Describe the objects in the video from left to right."
+
+
+def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_seed: int = 0) -> Sample:
+    cfg = {**DEFAULTS, **cfg}
+    rng = rng_for("caption", split, index, world_seed)
+    dom = domain(split)
+    n = int(rng.integers(cfg["min_objects"], cfg["max_objects"] + 1))
+    objs = make_objects(rng, pick_pairs(rng, n, dom, distinct=True), dom)
+    traj = simulate(objs, cfg["frames"])
+    order = sorted(range(n), key=lambda i: float(traj.pos[0, i, 0]))
+    text = scene_sentence([objs[i].name for i in order], [direction(traj, i, 0) for i in order])
+    conv = [{"role": "user", "content": f"<video>\n{PROMPT}"},
+            {"role": "assistant", "content": text}]
+    meta = {"format": "caption", "answer": text, **scene_meta(objs, traj)}
+    return Sample(sample_key("caption", split, index), "caption", split, index, cfg["fps"], conv,
+                  meta, render(objs, traj, cfg["size"]) if render_frames else None,
+                  gt=ground_truth(objs, traj))
