@@ -6,7 +6,7 @@ from framelab.world.scene import SPLIT_STRIDE, SPLITS, sample_seed
 from framelab.world.tasks import TASKS, make_sample
 from framelab.world.tasks.common import LETTERS, RATIONALE_SUFFIX
 from framelab.world.tasks.cue import highlight
-from framelab.world.vocab import HELD_OUT_PAIRS, class_id, region_of
+from framelab.world.vocab import COLOUR_NAMES, DIRECTIONS, HELD_OUT_PAIRS, SHAPES, class_id, region_of
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -207,3 +207,18 @@ def test_choose_quotes_one_option_and_the_reply_gives_its_line():
             assert reply["content"] == f"Answer: {word} {turn['answer']}"
             quoted.add(word)
     assert len(quoted) > 40
+
+
+def test_choose_answers_drills_describe_answer_words_among_options_of_one_kind():
+    """choose with words=answers: the quoted word and its distractors are all colours, all shapes,
+    all directions or all counts -- describe's option lists -- and every such word comes up."""
+    kinds = [set(COLOUR_NAMES), set(SHAPES), set(DIRECTIONS), {str(k) for k in range(1, 7)}]
+    quoted = set()
+    for i in range(60):
+        s = make_sample("choose", "train", i, {"words": "answers"})
+        for turn in s.meta["turns"]:
+            assert sum(set(turn["choices"]) <= kind for kind in kinds) == 1
+            quoted.add(turn["answer_text"])
+    assert quoted == set().union(*kinds)
+    with pytest.raises(ValueError, match="words"):
+        make_sample("choose", "train", 0, {"words": "nouns"})

@@ -6,9 +6,11 @@ options A-D, in describe's multiple-choice format; the reply names the word, the
 the word and giving that line's letter -- the lookup every "rationale" reply ends with.
 
 Why: a from-scratch LM learns that lookup one answer word at a time when it only meets it in
-questions whose answers are a handful of colours, shapes and counts (docs/videollm.md). Drawn
-from the whole vocabulary, many different words share one lookup, and what is learned is the
-lookup itself, which then serves every task's multiple-choice answers.
+questions whose answers are a handful of colours, shapes and counts (docs/videollm.md). The drill
+gives the lookup practice of its own: over the whole vocabulary (`words: all`), or over
+describe's answer words in describe-like option lists (`words: answers`). Measured in the default
+mixture (docs/videollm.md): it does not make the lookup form reliably within the default run's
+2000 steps, so it is not in the default mixture; it is there to add to a mixture by name.
 """
 from __future__ import annotations
 
@@ -20,9 +22,13 @@ from framelab.world.vocab import (COLOUR_NAMES, DIRECTIONS, NUMBER_WORDS, REGION
 DEFAULTS = {
     "questions": 4,       # questions (turns) per sample
     "mcq_reply": "rationale",  # multiple-choice reply: "letter" (B) or "rationale" (Answer: cyan B)
+    "words": "all",       # "all": the world's vocabulary | "answers": describe's answer words,
+}                         # the options all of one kind (colours, shapes, directions or counts)
+WORDS = {   # lists of option pools: a question draws a pool, then its word and distractors
+    "all": [tuple(dict.fromkeys(COLOUR_NAMES + SHAPES + DIRECTIONS + WALLS + REGIONS + SIZE_NAMES
+                                + NUMBER_WORDS + tuple(str(k) for k in range(1, 17))))],
+    "answers": [COLOUR_NAMES, SHAPES, DIRECTIONS, tuple(str(k) for k in range(1, 7))],
 }
-WORDS = tuple(dict.fromkeys(COLOUR_NAMES + SHAPES + DIRECTIONS + WALLS + REGIONS + SIZE_NAMES
-                            + NUMBER_WORDS + tuple(str(k) for k in range(1, 17))))
 
 
 def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_seed: int = 0) -> Sample:
@@ -30,11 +36,15 @@ def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_se
     k = int(cfg["questions"])
     if k < 1:
         raise ValueError(f"choose: questions={k}; expected >= 1")
+    if cfg["words"] not in WORDS:
+        raise ValueError(f"choose: words={cfg['words']!r}; expected one of {list(WORDS)}")
+    pools = WORDS[cfg["words"]]
     rng = rng_for("choose", split, index, world_seed)
     conv, turns = [], []
     for _ in range(k):
-        word = WORDS[rng.integers(len(WORDS))]
-        pair, answer = ask(rng, f'Which option is "{word}"?', word, WORDS, 1.0, media=None,
+        words = pools[rng.integers(len(pools))]
+        word = words[rng.integers(len(words))]
+        pair, answer = ask(rng, f'Which option is "{word}"?', word, words, 1.0, media=None,
                            mcq_reply=cfg["mcq_reply"])
         conv += pair
         turns.append({"qtype": "word", **answer})
