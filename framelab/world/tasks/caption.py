@@ -10,10 +10,9 @@ fact. It is in `videollm_cpt`'s mixture. Added to the default SFT mixture it did
 """
 from __future__ import annotations
 
-from framelab.world.physics import simulate
 from framelab.world.render import render
-from framelab.world.scene import domain, make_objects, pick_pairs, rng_for
-from framelab.world.tasks.common import Sample, direction, ground_truth, sample_key, scene_meta, scene_sentence
+from framelab.world.tasks.common import (Sample, direction, ground_truth, random_scene, sample_key,
+                                         scene_meta, scene_sentence)
 
 DEFAULTS = {
     "frames": 8,          # clip length
@@ -27,12 +26,8 @@ PROMPT = "Describe the objects in the video from left to right."
 
 def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_seed: int = 0) -> Sample:
     cfg = {**DEFAULTS, **cfg}
-    rng = rng_for("caption", split, index, world_seed)
-    dom = domain(split)
-    n = int(rng.integers(cfg["min_objects"], cfg["max_objects"] + 1))
-    objs = make_objects(rng, pick_pairs(rng, n, dom, distinct=True), dom)
-    traj = simulate(objs, cfg["frames"])
-    order = sorted(range(n), key=lambda i: float(traj.pos[0, i, 0]))
+    _, objs, traj = random_scene("caption", split, index, cfg, world_seed)
+    order = sorted(range(len(objs)), key=lambda i: float(traj.pos[0, i, 0]))
     text = scene_sentence([objs[i].name for i in order], [direction(traj, i, 0) for i in order])
     conv = [{"role": "user", "content": f"<video>\n{PROMPT}"},
             {"role": "assistant", "content": text}]

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from framelab.world.physics import Trajectory
+from framelab.world.physics import Trajectory, simulate
 from framelab.world.render import boxes
-from framelab.world.scene import Obj
+from framelab.world.scene import Obj, domain, make_objects, pick_pairs, rng_for
 
 LETTERS = "ABCD"
 MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
@@ -88,6 +88,16 @@ def ask(rng: np.random.Generator, question: str, correct: str, pool, mcq_prob: f
     conv = [{"role": "user", "content": f"{media}\n{prompt}" if media else prompt},
             {"role": "assistant", "content": reply}]
     return conv, meta
+
+
+def random_scene(task: str, split: str, index: int, cfg: dict, world_seed: int = 0):
+    """The sample's generator, and a clip of `min_objects`..`max_objects` objects of pairwise
+    distinct shapes and colours (the split's pairs) simulated for `frames` frames."""
+    rng = rng_for(task, split, index, world_seed)
+    dom = domain(split)
+    n = int(rng.integers(cfg["min_objects"], cfg["max_objects"] + 1))
+    objs = make_objects(rng, pick_pairs(rng, n, dom, distinct=True), dom)
+    return rng, objs, simulate(objs, cfg["frames"])
 
 
 def scene_sentence(names: list[str], moves: list[str | None]) -> str:

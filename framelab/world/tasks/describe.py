@@ -16,10 +16,9 @@ small model learn the questions from scratch in minutes: the vision tokens are p
 """
 from __future__ import annotations
 
-from framelab.world.physics import simulate
 from framelab.world.render import render
-from framelab.world.scene import domain, make_objects, pick_pairs, rng_for
-from framelab.world.tasks.common import Sample, ask, direction, ground_truth, sample_key, scene_meta
+from framelab.world.tasks.common import (Sample, ask, direction, ground_truth, random_scene, sample_key,
+                                         scene_meta)
 from framelab.world.vocab import COLOUR_NAMES, DIRECTIONS, SHAPES
 
 DEFAULTS = {
@@ -38,11 +37,8 @@ MAX_QUESTIONS = 3
 
 def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_seed: int = 0) -> Sample:
     cfg = {**DEFAULTS, **cfg}
-    rng = rng_for("describe", split, index, world_seed)
-    dom = domain(split)
-    n = int(rng.integers(cfg["min_objects"], cfg["max_objects"] + 1))
-    objs = make_objects(rng, pick_pairs(rng, n, dom, distinct=True), dom)
-    traj = simulate(objs, cfg["frames"])
+    rng, objs, traj = random_scene("describe", split, index, cfg, world_seed)
+    n = len(objs)
     target = objs[0]
     move = direction(traj, 0, 0)
     k = int(cfg["questions"])
