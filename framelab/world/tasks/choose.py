@@ -23,15 +23,12 @@ DEFAULTS = {
     "questions": 4,       # questions (turns) per sample
     "mcq_reply": "rationale",  # multiple-choice reply: "letter" (B) or "rationale" (Answer: cyan B)
     "words": "all",       # "all": the world's vocabulary | "answers": describe's answer words,
-                          # the options all of one kind (colours, shapes, directions or counts)
-    "reverse": 0.0,       # share of questions asked by letter ("Which option is C?")
-}
+}                         # the options all of one kind (colours, shapes, directions or counts)
 WORDS = {   # lists of option pools: a question draws a pool, then its word and distractors
     "all": [tuple(dict.fromkeys(COLOUR_NAMES + SHAPES + DIRECTIONS + WALLS + REGIONS + SIZE_NAMES
                                 + NUMBER_WORDS + tuple(str(k) for k in range(1, 17))))],
     "answers": [COLOUR_NAMES, SHAPES, DIRECTIONS, tuple(str(k) for k in range(1, 7))],
 }
-LETTER_SLOT = "<which letter>"
 
 
 def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_seed: int = 0) -> Sample:
@@ -47,13 +44,9 @@ def make(split: str, index: int, cfg: dict, render_frames: bool = True, world_se
     for _ in range(k):
         words = pools[rng.integers(len(pools))]
         word = words[rng.integers(len(words))]
-        by_letter = bool(rng.random() < cfg["reverse"])
-        question = LETTER_SLOT if by_letter else f'Which option is "{word}"?'
-        pair, answer = ask(rng, question, word, words, 1.0, media=None, mcq_reply=cfg["mcq_reply"])
-        if by_letter:     # the letter is drawn with the options: name it once they are placed
-            pair[0]["content"] = pair[0]["content"].replace(LETTER_SLOT,
-                                                            f"Which option is {answer['answer']}?")
+        pair, answer = ask(rng, f'Which option is "{word}"?', word, words, 1.0, media=None,
+                           mcq_reply=cfg["mcq_reply"])
         conv += pair
-        turns.append({"qtype": "letter" if by_letter else "word", **answer})
+        turns.append({"qtype": "word", **answer})
     return Sample(sample_key("choose", split, index), "choose", split, index, 0.0, conv,
                   {**turns[0], "turns": turns})
