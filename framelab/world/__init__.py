@@ -4,4 +4,4 @@ ground truth, and the task generators built on it (describe, needle, future, cue
 Bump RECIPE_VERSION whenever a change alters any generated sample: cached shards are keyed by it
 and regenerated when it changes.
 """
-RECIPE_VERSION = "world-4"
+RECIPE_VERSION = "world-3"
