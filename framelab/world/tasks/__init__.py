@@ -8,8 +8,7 @@ from framelab.world.tasks import caption, choose, cue, describe, future, images,
 from framelab.world.tasks.common import Sample
 
 _MODULES = {"describe": describe, "needle": needle, "future": future, "cue": cue, "images": images,
-            "read": read, "caption": caption,
-            "choose": choose}
+            "read": read, "caption": caption, "choose": choose}
 TASKS = tuple(_MODULES)
 
 
