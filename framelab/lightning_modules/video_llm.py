@@ -4,7 +4,9 @@
   video–text samples (vision placeholders, padding and the first token of each packed document are
   excluded). The paper trains on captions; the embedded world has question–answer dialogues, so
   here the questions and answers are the text.
-- stage `sft` (short-to-long SFT): loss on assistant tokens only (the datamodule's labels).
+- stage `sft` (short-to-long SFT): loss on assistant tokens only (the datamodule's labels), or,
+  with `prompt_loss_weight` w > 0, also on the prompt's text tokens at w times a reply token's
+  weight (the loss is the weighted mean over both).
 - `freeze`: {vision, projector, lm}: frozen parts get no gradient and no optimiser state.
 - `init_from=CKPT`: start from another run's weights (a `framelab fit` checkpoint or the output of
   `framelab convert mla`) — weights only; the optimiser, schedule and step start fresh (resuming a
@@ -81,6 +83,7 @@ class VideoLLMModule(FramelabModule):
     def __init__(self, model: dict, vision: dict | None = None, stage: str = "sft",
                  freeze: dict | None = None, init_from: str | None = None,
                  evaluation: dict | None = None, loss_chunk_size: int = 4096,
+                 prompt_loss_weight: float = 0.0,
                  optim: dict | None = None, scheduler: dict | None = None):
         super().__init__(optim, scheduler)
         self.save_hyperparameters()
@@ -98,6 +101,10 @@ class VideoLLMModule(FramelabModule):
             raise UserError(f"module.evaluation.mcq={self.eval_cfg['mcq']!r}; choose one of "
                             f"{', '.join(MCQ_MODES)}")
         self.loss_chunk_size = loss_chunk_size
+        if not 0.0 <= float(prompt_loss_weight) <= 1.0:
+            raise UserError(f"module.prompt_loss_weight={prompt_loss_weight}: expected a weight in "
+                            "[0, 1] (a prompt token's loss relative to a reply token's; 0: replies only)")
+        self.prompt_loss_weight = float(prompt_loss_weight)
         self.model: MultimodalLM | None = None
         self.tokens: dict[str, int] = {}
         self.tokenizer = None
@@ -169,6 +176,10 @@ class VideoLLMModule(FramelabModule):
         """Unshifted labels for this stage (-100 = no loss)."""
         if self.stage == "sft":
             return batch["labels"]
+        return self.text_targets(batch)
+
+    def text_targets(self, batch) -> torch.Tensor:
+        """Unshifted labels on every text token (cpt's targets)."""
         ids = batch["input_ids"]
         labels = ids.masked_fill((ids == self.tokens[VIDEO_PAD]) | (ids == self.tokens[PAD]), -100)
         cu = batch.get("cu_seqlens")
@@ -190,6 +201,8 @@ class VideoLLMModule(FramelabModule):
         else:
             loss = linear_cross_entropy(hidden[:, :-1], self.model.lm.output_weight, targets,
                                         chunk_size=self.loss_chunk_size)
+        if self.stage == "sft" and self.prompt_loss_weight > 0 and self.training:
+            loss = self.add_prompt_loss(loss, n, hidden, targets, batch)
         if self.training and not batch.get("videos") and data_parallel():
             # a row of text-only samples under DDP: the vision tower and projector still get a
             # (zero) gradient, since DDP's reducer waits for every trainable parameter. In one
@@ -198,6 +211,18 @@ class VideoLLMModule(FramelabModule):
                     if p.requires_grad]
             loss = loss + 0.0 * sum(p.sum() for p in idle)
         return loss, n, hidden
+
+    def add_prompt_loss(self, loss, n: int, hidden, targets, batch):
+        """The weighted mean of the reply loss (`loss` over `n` tokens) and the prompt text's loss
+        (every text token the reply labels leave out), a prompt token weighing prompt_loss_weight."""
+        prompt = self.text_targets(batch)[:, 1:].masked_fill(targets != -100, -100)
+        m = int((prompt != -100).sum())
+        if m == 0:
+            return loss
+        prompt_loss = linear_cross_entropy(hidden[:, :-1], self.model.lm.output_weight, prompt,
+                                           chunk_size=self.loss_chunk_size)
+        w = self.prompt_loss_weight * m
+        return (loss * n + prompt_loss * w) / (n + w)
 
     # ---- evaluation -------------------------------------------------------------------------
     def documents(self, batch) -> list[dict]:

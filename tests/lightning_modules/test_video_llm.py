@@ -38,6 +38,34 @@ def test_stage_targets():
     assert cpt.tolist() == [[-100, -100, -100, 7, 8, -100, -100, 9, 4, -100]]
 
 
+def test_prompt_loss_weight_mixes_the_prompt_text_into_the_sft_loss():
+    """w = 0: replies only; w = 1: every text token weighs the same, so the SFT loss is the CPT
+    loss of the same batch; in between, the weighted mean of the two parts. Evaluation (not
+    training) keeps the reply-only loss."""
+    torch.manual_seed(0)
+    batch = {"input_ids": torch.tensor([[1, 7, 8, 9, 3, 4, 1, 5, 6, 2]]),
+             "labels": torch.tensor([[-100, -100, -100, 9, 3, -100, -100, -100, 6, 2]]),
+             "cu_seqlens": torch.tensor([0, 6, 10]), "videos": []}
+    losses, evaluated = {}, {}
+    for stage, w in (("sft", 0.0), ("sft", 0.25), ("sft", 1.0), ("cpt", 0.0)):
+        torch.manual_seed(0)                       # the same weights in every module
+        m = built(stage=stage, prompt_loss_weight=w)
+        m.train()
+        losses[stage, w] = m.compute_loss(batch)[0]
+        m.eval()
+        evaluated[stage, w] = m.compute_loss(batch)[0]
+    for w in (0.25, 1.0):
+        assert torch.equal(evaluated["sft", w], losses["sft", 0.0])
+    reply, total = losses["sft", 0.0], losses["cpt", 0.0]
+    assert torch.allclose(losses["sft", 1.0], total, atol=1e-6)
+    # 3 reply tokens (predicting 9, 3 / 6, 2 -> 9, 3, 6, 2: 4), 4 prompt tokens (7, 8, 4, 5)
+    prompt = (total * 8 - reply * 4) / 4
+    assert torch.allclose(losses["sft", 0.25], (reply * 4 + prompt * 0.25 * 4) / (4 + 1), atol=1e-6)
+    assert not torch.allclose(losses["sft", 0.25], reply)
+    with pytest.raises(UserError, match="prompt_loss_weight"):
+        module(prompt_loss_weight=1.5)
+
+
 def test_text_only_rows_still_give_every_trainable_parameter_a_gradient(monkeypatch):
     """A packed row of text-only samples (no videos) must not leave the vision tower without a
     gradient under DDP (every rank's reducer waits for every trainable parameter); in one process
