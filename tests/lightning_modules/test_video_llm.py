@@ -58,7 +58,7 @@ def test_prompt_loss_weight_mixes_the_prompt_text_into_the_sft_loss():
         assert torch.equal(evaluated["sft", w], losses["sft", 0.0])
     reply, total = losses["sft", 0.0], losses["cpt", 0.0]
     assert torch.allclose(losses["sft", 1.0], total, atol=1e-6)
-    # 3 reply tokens (predicting 9, 3 / 6, 2 -> 9, 3, 6, 2: 4), 4 prompt tokens (7, 8, 4, 5)
+    # 4 reply targets (9, 3, 6, 2) and 4 prompt targets (7, 8, 4, 5): cpt's mean is over all 8
     prompt = (total * 8 - reply * 4) / 4
     assert torch.allclose(losses["sft", 0.25], (reply * 4 + prompt * 0.25 * 4) / (4 + 1), atol=1e-6)
     assert not torch.allclose(losses["sft", 0.25], reply)
