@@ -131,9 +131,14 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path, refere
 def test_gradients_of_two_processes_equal_one_process_on_the_union(tmp_path):
     """DDP over gloo: the averaged gradient of two half batches equals the full-batch gradient."""
     script = Path(__file__).with_name("ddp_gradients.py")
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc-per-node=2", str(script), str(tmp_path / "grads.pt")],
-                         capture_output=True, text=True, timeout=600)
+    # one retry: a gloo rank was once aborted ("terminate called without an active exception",
+    # SIGABRT) on the loaded 2-core CI machine; the gradients are still compared below
+    for _ in range(2):
+        res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              "--nproc-per-node=2", str(script), str(tmp_path / "grads.pt")],
+                             capture_output=True, text=True, timeout=600)
+        if res.returncode == 0:
+            break
     assert res.returncode == 0, res.stderr[-3000:]
     from framelab.models import DecoderLM, preset
     from framelab.kernels import linear_cross_entropy
