@@ -128,7 +128,8 @@ TINY = {"tokens": 33, "d": 80, "ff": 97, "rotary": (2, 7, 3, 48), "ce": (21, 48,
 
 def _cases(device: str, dtype: torch.dtype, size: dict):
     """(op name, inputs factory, reference fn, public fn, needs backward)."""
-    from framelab.kernels import apply_rotary, linear_cross_entropy, mla_decode, rms_norm, swiglu
+    from framelab.kernels import (add_rms_norm, apply_rotary, linear_cross_entropy, mla_decode,
+                                  rms_norm, swiglu)
     from framelab.kernels.cross_entropy import linear_cross_entropy_reference
     from framelab.kernels.mla_decode import mla_decode_reference
     from framelab.kernels.rmsnorm import rms_norm_reference
@@ -160,7 +161,7 @@ def _cases(device: str, dtype: torch.dtype, size: dict):
          lambda x, w: rms_norm_reference(x, w, 1e-6), lambda x, w: rms_norm(x, w), True),
         (f"rms_norm+residual ({n}x{d})", lambda: (t(n, d), t(d), t(n, d)),
          lambda x, w, r: rms_norm_reference(x + r, w, 1e-6),
-         lambda x, w, r: rms_norm(x, w, residual=r)[0], True),
+         lambda x, w, r: add_rms_norm(x, r, w)[0], True),
         (f"swiglu ({n}x{ff})", lambda: (t(n, ff), t(n, ff)), swiglu_reference, swiglu, True),
         (f"rotary ({rb}x{rs}x{rh}x{rd})", rotary_inputs, apply_rotary_reference, apply_rotary,
          True),
@@ -204,13 +205,13 @@ def bench_cuda(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, size: 
                compile_reference: bool = True, repeat: int = 10) -> dict:
     """Each op: reference, torch.compile(reference), Triton; times, peak memory, and the Triton /
     compiled output's largest deviation from the reference output on the same inputs."""
-    from framelab.kernels import get_kernel_backend, set_kernel_backend
-    from framelab.kernels.dispatch import triton_available
+    from framelab.kernels import get_backends, set_backends
+    from framelab.kernels.backends import triton_available
 
     if not triton_available():
         raise RuntimeError("triton is not installed; pip install triton")
     rows = []
-    before = get_kernel_backend()
+    before = get_backends()
     try:
         for name, make_inputs, reference, public, backward in _cases(device, dtype, size):
             variants = [("reference", reference, "torch")]
@@ -219,7 +220,7 @@ def bench_cuda(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, size: 
             variants.append(("triton", public, "triton"))
             base = expected = None
             for label, fn, backend in variants:
-                set_kernel_backend(backend)
+                set_backends(kernels=backend)
                 torch.manual_seed(0)  # every variant gets the same inputs
                 try:
                     row, out = _run_variant(fn, make_inputs(), backward, repeat)
@@ -241,7 +242,7 @@ def bench_cuda(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, size: 
                 if device == "cuda":
                     torch.cuda.empty_cache()
     finally:
-        set_kernel_backend(before)
+        set_backends(**before)
     shown = [{k: (f"{v:.3g}" if k == "max_err" else f"{v:.3f}" if isinstance(v, float) else v)
               for k, v in r.items()} for r in rows]
     print_table(shown, ["op", "variant", "fwd_ms", "fwd_bwd_ms", "peak_mb", "speedup", "max_err",

@@ -1,10 +1,12 @@
 """Text tokenizers (Hugging Face `tokenizers`): the world tokenizer framelab trains, or any local
 tokenizer.json, both with framelab's special tokens registered.
 
-The world tokenizer is a byte-level BPE trained on text of every task and split (questions,
-options, answers, hints), so it encodes any string and is small (default 1024 ids). It is trained
-once per recipe version and vocabulary size and cached as `<cache_dir>/tokenizer-<recipe>-<V>/
-tokenizer.json`.
+The world tokenizer is a byte-level BPE trained on the text (questions, options, answers, hints)
+of a pinned list of tasks and splits, `CORPUS`, so it encodes any string and is small (default
+1024 ids). The list is explicit, not "every task": a new task in `framelab.world.tasks` leaves the
+tokenizer, and so every run, as it was. Changing `CORPUS` means a new `TOKENIZER_VERSION`. It is
+trained once per (world recipe, tokenizer version, vocabulary size) and cached as
+`<cache_dir>/tokenizer-<recipe>-<tokenizer version>-<V>/tokenizer.json`.
 """
 from __future__ import annotations
 
@@ -18,25 +20,34 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from framelab.datamodules.special_tokens import MEDIA_PLACEHOLDERS, SPECIAL_TOKENS
 from framelab.errors import UserError
 from framelab.world import RECIPE_VERSION
-from framelab.world.scene import SPLITS
-from framelab.world.tasks import TASKS, make_sample, task_defaults
-from framelab.world.tasks.common import MCQ_REPLIES
+from framelab.world.tasks import make_sample
+
+TOKENIZER_VERSION = "tok-1"
+
+# (task, params, multiple-choice reply formats) whose text is the corpus, in this order, each over
+# CORPUS_SPLITS with CORPUS_SAMPLES samples ((None,): the task has no reply formats). Tasks whose
+# text is made of the others' words and sentences (caption is read's sentence, choose lists the
+# world's words as options) are left out, so adding them changed no token. The tokenizer decides
+# which runs the lookup forms in (docs/videollm.md), so a new merge perturbs every run: change
+# any of these only with a new TOKENIZER_VERSION.
+CORPUS = (
+    ("describe", {}, ("letter", "rationale")),
+    ("needle", {"lengths": [64]}, ("letter", "rationale")),
+    ("future", {}, ("letter", "rationale")),
+    ("cue", {}, ("letter", "rationale")),
+    ("images", {}, (None,)),
+    ("read", {}, ("letter", "rationale")),
+)
+CORPUS_SPLITS = ("train", "val", "test", "ood")
+CORPUS_SAMPLES = 64
 
 
-# tasks whose text is made of the others' words and sentences (caption is read's sentence, choose
-# lists the world's words as options): left out, so adding them changed no token. The tokenizer
-# decides which runs the lookup forms in (docs/videollm.md), so a new merge perturbs every run
-DERIVED_TEXT_TASKS = ("caption", "choose")
-
-
-def world_corpus(samples_per_task: int = 64) -> list[str]:
-    """Text of `samples_per_task` samples of every task and split (but DERIVED_TEXT_TASKS), in each
-    multiple-choice reply format the task has (generated without rendering)."""
+def world_corpus(samples_per_task: int = CORPUS_SAMPLES) -> list[str]:
+    """Text of `samples_per_task` samples of each `CORPUS` task, split and reply format (generated
+    without rendering)."""
     texts = []
-    for task in (t for t in TASKS if t not in DERIVED_TEXT_TASKS):
-        params = {"lengths": [64]} if task == "needle" else {}
-        replies = MCQ_REPLIES if "mcq_reply" in task_defaults(task) else (None,)
-        for split, reply, i in product(SPLITS, replies, range(samples_per_task)):
+    for task, params, replies in CORPUS:
+        for split, reply, i in product(CORPUS_SPLITS, replies, range(samples_per_task)):
             s = make_sample(task, split, i, {**params, "mcq_reply": reply} if reply else params,
                             render=False)
             for turn in s.conversation:
@@ -49,7 +60,8 @@ def world_corpus(samples_per_task: int = 64) -> list[str]:
     return texts
 
 
-def train_world_tokenizer(vocab_size: int = 1024, samples_per_task: int = 64) -> Tokenizer:
+def train_world_tokenizer(vocab_size: int = 1024,
+                          samples_per_task: int = CORPUS_SAMPLES) -> Tokenizer:
     """A byte-level BPE tokenizer trained on the world's text; special tokens take ids 0..k-1."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -85,7 +97,7 @@ def ensure_tokenizer(cache_dir: str | os.PathLike, tokenizer_path: str | None = 
     """The tokenizer at `tokenizer_path`, or the cached world tokenizer (trained on first use)."""
     if tokenizer_path:
         return load_tokenizer(tokenizer_path)
-    folder = Path(cache_dir) / f"tokenizer-{RECIPE_VERSION}-{vocab_size}"
+    folder = Path(cache_dir) / f"tokenizer-{RECIPE_VERSION}-{TOKENIZER_VERSION}-{vocab_size}"
     path = folder / "tokenizer.json"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)

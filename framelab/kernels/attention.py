@@ -12,24 +12,19 @@ attention); v may have its own head width. The result is (B, Sq, Hq, Dv).
   combined (AND) with the two above. Used for padding, SAR set masks, sink tokens, cross-attention.
 
 Backends: `flash` (flash-attn on CUDA; varlen for packed documents), `sdpa` (torch), `flex`
-(FlexAttention with a mask function) and `eager` (explicit softmax in fp32, the reference).
-`auto` takes flash-attn when it is importable, the tensors are on CUDA in fp16/bf16 and the spec
-needs no arbitrary mask, else SDPA. The choice is logged once per (backend, mask kind).
+(FlexAttention with a mask function) and `eager` (explicit softmax in fp32, the reference). Which
+one runs is chosen in `framelab.kernels.backends` (runtime.attn_backend, `auto` by default); a
+call's own `backend=` overrides it.
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "flash", "sdpa", "flex", "eager")
-_state = {"backend": "auto"}
-_logged: set[tuple[str, str]] = set()
+from framelab.kernels.backends import pick_attention
 
 
 @dataclass
@@ -48,40 +43,6 @@ class AttentionSpec:
         return "causal" if self.causal else "full"
 
 
-def set_attention_backend(name: str) -> None:
-    """Force a backend for every later call (`auto` restores the default choice)."""
-    if name not in BACKENDS:
-        raise ValueError(f"attention backend {name!r} is not one of {', '.join(BACKENDS)}")
-    if name == "flash" and not flash_available():
-        raise ValueError("attention backend 'flash' needs the flash-attn package and a CUDA device "
-                         "(pip install -e '.[cuda]'); use 'auto' or 'sdpa' here")
-    _state["backend"] = name
-
-
-def get_attention_backend() -> str:
-    return _state["backend"]
-
-
-def flash_available() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _pick(q: torch.Tensor, spec: AttentionSpec) -> str:
-    backend = _state["backend"]
-    if backend != "auto":
-        return backend
-    if (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and spec.mask is None
-            and flash_available()):
-        return "flash"
-    return "sdpa"
-
-
 def attention(q, k, v, spec: AttentionSpec | None = None, scale: float | None = None,
               backend: str | None = None) -> torch.Tensor:
     spec = spec or AttentionSpec()
@@ -90,11 +51,7 @@ def attention(q, k, v, spec: AttentionSpec | None = None, scale: float | None = 
     if spec.cu_seqlens is not None and q.shape[0] != 1:
         raise ValueError("packed documents (cu_seqlens) need a batch of one row")
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    name = backend or _pick(q, spec)
-    key = (name, spec.kind)
-    if key not in _logged:
-        _logged.add(key)
-        log.info("attention: %s backend for %s masks", name, spec.kind)
+    name = pick_attention(q, spec, backend)
     if name == "flash":
         return _flash(q, k, v, spec, scale)
     if name == "flex":
@@ -197,7 +154,7 @@ def _flex(q, k, v, spec, scale):
 def _flash(q, k, v, spec, scale):
     if spec.mask is not None:
         raise ValueError("flash-attn takes causal and packed masks only; use sdpa or flex for "
-                         "block masks (model.attn_backend)")
+                         "block masks (runtime.attn_backend)")
     from flash_attn import flash_attn_func, flash_attn_varlen_func
 
     if spec.cu_seqlens is None:

@@ -17,14 +17,14 @@ gradient (accumulated in the weight's dtype, each chunk's addmm summing in fp32)
 The per-chunk "logits -> loss and gradient" step has two implementations with one contract:
 `_chunk_loss_torch` here (the reference, also what CPU runs) and a Triton row kernel in
 `triton_cross_entropy` (one pass for the online log-sum-exp, one to write the gradient), picked by
-`framelab.kernels.dispatch`. The matmuls are cuBLAS / MKL in both.
+`framelab.kernels.backends`. The matmuls are cuBLAS / MKL in both.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from framelab.kernels.dispatch import use_triton
+from framelab.kernels.backends import use_triton
 
 
 def linear_cross_entropy_reference(hidden, weight, labels, ignore_index: int = -100,

@@ -15,14 +15,14 @@ Layout:
 Result (B, H, d_c) = softmax((q_latent . c_kv + q_rope . k_rope) * scale) @ c_kv over the valid
 positions, in q_latent's dtype; the caller then applies W_uv (absorbed into the output projection).
 Forward only: decoding runs without gradients. The Triton split-K kernel lives in
-`triton_mla_decode`; `framelab.kernels.dispatch` picks it or the reference below, which also runs
+`triton_mla_decode`; `framelab.kernels.backends` picks it or the reference below, which also runs
 whenever an input requires grad.
 """
 from __future__ import annotations
 
 import torch
 
-from framelab.kernels.dispatch import use_triton
+from framelab.kernels.backends import use_triton
 
 
 def mla_decode_reference(q_latent, q_rope, c_kv, k_rope, lengths, scale: float) -> torch.Tensor:

@@ -1,13 +1,16 @@
-"""RMSNorm: y = x / sqrt(mean(x^2) + eps) * weight, optionally fused with a residual add.
+"""RMSNorm: y = x / sqrt(mean(x^2) + eps) * weight, alone or fused with the residual add before it.
 
-Layout: `x` (and `residual`) are (..., D), `weight` is (D,). The Triton kernel lives in
-`triton_rmsnorm`; `framelab.kernels.dispatch` picks it or this reference.
+    y = rms_norm(x, weight, eps)                       # one tensor
+    y, s = add_rms_norm(x, residual, weight, eps)      # s = x + residual, y = rms_norm(s)
+
+Layout: `x` (and `residual`) are (..., D), `weight` is (D,). One Triton kernel (`triton_rmsnorm`)
+serves both; `framelab.kernels.backends` picks it or this reference.
 """
 from __future__ import annotations
 
 import torch
 
-from framelab.kernels.dispatch import use_triton
+from framelab.kernels.backends import use_triton
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -18,14 +21,19 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
     return weight * xf.to(dtype)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
-             residual: torch.Tensor | None = None):
-    """RMSNorm of `x`; with `residual`, returns (rms_norm(x + residual), x + residual)."""
-    tensors = (x, weight) if residual is None else (x, weight, residual)
-    if use_triton("rms_norm", *tensors):
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm of `x`."""
+    if use_triton("rms_norm", x, weight):
+        from framelab.kernels.triton_rmsnorm import RMSNormFunction
+        return RMSNormFunction.apply(x, weight, None, eps)
+    return rms_norm_reference(x, weight, eps)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                 eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual), x + residual) in one pass; both outputs carry gradients."""
+    if use_triton("add_rms_norm", x, weight, residual):
         from framelab.kernels.triton_rmsnorm import RMSNormFunction
         return RMSNormFunction.apply(x, weight, residual, eps)
-    if residual is not None:
-        x = x + residual
-        return rms_norm_reference(x, weight, eps), x
-    return rms_norm_reference(x, weight, eps)
+    summed = x + residual
+    return rms_norm_reference(summed, weight, eps), summed

@@ -5,14 +5,14 @@ one angle per frequency pair, already built from text positions or from multimod
 sections by `framelab.models.rope`. Pair i couples channel i with channel i + D/2. M²LA's decoupled
 rotary key is the same call with H = 1.
 
-The Triton kernel lives in `triton_rotary`; `framelab.kernels.dispatch` picks it or this reference.
+The Triton kernel lives in `triton_rotary`; `framelab.kernels.backends` picks it or this reference.
 The kernel gives no gradient to the angles, so when `cos` or `sin` require grad the reference runs.
 """
 from __future__ import annotations
 
 import torch
 
-from framelab.kernels.dispatch import use_triton
+from framelab.kernels.backends import use_triton
 
 
 def apply_rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,14 @@
 """SwiGLU activation: silu(gate) * up.
 
 `gate` and `up` are any two broadcastable tensors (in the MLP both are (..., d_ff)). The Triton
-kernel lives in `triton_swiglu`; `framelab.kernels.dispatch` picks it or this reference.
+kernel lives in `triton_swiglu`; `framelab.kernels.backends` picks it or this reference.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from framelab.kernels.dispatch import use_triton
+from framelab.kernels.backends import use_triton
 
 
 def swiglu_reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from framelab.kernels import rms_norm, swiglu
+from framelab.kernels import add_rms_norm, rms_norm, swiglu
 
 
 class RMSNorm(nn.Module):
@@ -13,9 +13,14 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        """norm(x), or (norm(x + residual), x + residual) with `residual` (fused add)."""
-        return rms_norm(x, self.weight, self.eps, residual=residual)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+    def add_and_norm(self, x: torch.Tensor,
+                     residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual), the add fused into the norm: a pre-norm block's
+        residual step, returning the next sublayer's input and the new residual stream."""
+        return add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class SwiGLUMLP(nn.Module):

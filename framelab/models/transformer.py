@@ -45,7 +45,7 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, spec, cache=None, layer=0):
         attn = self.self_attn(self.input_layernorm(x), cos, sin, spec, cache, layer)
-        h, x = self.post_attention_layernorm(attn, residual=x)
+        h, x = self.post_attention_layernorm.add_and_norm(attn, x)
         return x + self.mlp(h)
 
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from framelab.kernels import linear_cross_entropy, set_kernel_backend
+from framelab.kernels import linear_cross_entropy, set_backends
 from tests.kernels._helpers import assert_close, grads, leaf
 
 V, D = 97, 48
@@ -22,7 +22,7 @@ def backend(request, monkeypatch):
         pytest.importorskip("triton")
         import framelab.kernels.triton_cross_entropy as tce
         monkeypatch.setattr(tce, "MAX_BLOCK_V", 32)  # several vocabulary blocks per row
-    set_kernel_backend(request.param)
+    set_backends(kernels=request.param)
     return request.param
 
 

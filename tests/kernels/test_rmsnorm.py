@@ -1,8 +1,10 @@
-"""Triton RMSNorm (interpreted) against the torch reference, forward and backward, fp32."""
+"""Triton RMSNorm, alone and fused with the residual add (interpreted), against the torch
+reference, forward and backward, fp32; and the RMSNorm layer's two methods."""
 import pytest
 import torch
 
-from framelab.kernels import rms_norm
+from framelab.kernels import add_rms_norm, rms_norm
+from framelab.models.layers import RMSNorm
 from framelab.kernels.rmsnorm import rms_norm_reference
 from tests.kernels._helpers import assert_close, grads, leaf
 
@@ -24,11 +26,11 @@ def test_rms_norm_matches_reference(shape, triton_backend):
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 48), (2, 7, 97)])
-def test_rms_norm_with_residual_matches_reference(shape, triton_backend):
+def test_add_rms_norm_matches_reference(shape, triton_backend):
     """The fused residual variant returns (norm(x + r), x + r); both outputs carry gradients."""
     x, r, w = leaf(*shape), leaf(*shape), leaf(shape[-1])
     dy, ds = torch.randn(shape), torch.randn(shape)
-    y, s = rms_norm(x, w, residual=r)
+    y, s = add_rms_norm(x, r, w)
     ((y * dy).sum() + (s * ds).sum()).backward()
     got = grads(x, r, w)
     ref_s = x + r
@@ -50,3 +52,16 @@ def test_rms_norm_non_contiguous_input(triton_backend):
 def test_rms_norm_torch_backend_is_the_reference(torch_backend):
     x, w = torch.randn(3, 48), torch.randn(48)
     assert torch.equal(rms_norm(x, w), rms_norm_reference(x, w, 1e-6))
+
+
+@pytest.mark.parametrize("backend", ["torch_backend", "triton_backend"])
+def test_rmsnorm_layer_forward_is_a_tensor_and_add_and_norm_a_pair(backend, request):
+    request.getfixturevalue(backend)
+    norm = RMSNorm(48, eps=1e-5)
+    x, r = torch.randn(2, 3, 48), torch.randn(2, 3, 48)
+    y = norm(x)
+    assert isinstance(y, torch.Tensor)
+    assert_close(y, rms_norm_reference(x, norm.weight, 1e-5))
+    normed, summed = norm.add_and_norm(x, r)
+    assert_close(summed, x + r)
+    assert_close(normed, norm(x + r))
