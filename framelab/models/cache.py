@@ -22,7 +22,7 @@ class KVCache:
         end = self.seen + step
         store = self._store[layer]
         if store is None or store[0].shape[1] < end:
-            cap = max(self._capacity, end)
+            cap = max(self._capacity, 1)         # every layer grows to the same capacity
             while cap < end:
                 cap *= 2
             grown = [t.new_zeros((t.shape[0], cap, *t.shape[2:])) for t in new]

@@ -1,17 +1,69 @@
-"""Autoregressive generation for a batch of prompts of different lengths.
+"""Autoregressive generation: one decode loop over input embeddings and positions, for the text
+`DecoderLM` and the `MultimodalLM` alike.
 
-Prompts are left-padded to a common length; a key-padding mask keeps padding invisible and each
-row's positions start at 0 at its first real token, so a row decodes exactly as it would alone.
-With `use_cache=True` the prompt is prefilled once and each step feeds one token per row; with
-`use_cache=False` every step re-runs the whole sequence (the reference the cache is tested against).
-Sampling: greedy (temperature 0), temperature, top-k, top-p; a row stops at any of `stop_tokens`
-(the stop token is kept in its output) or after `max_new_tokens`.
+Layout. Rows are left-padded to a common width; a key-padding mask keeps padding invisible, and
+each row carries its own positions ((B, S) for text, counting from the row's first real token;
+(3, B, S) for multimodal, from `MultimodalLM.embed`), so a row decodes exactly as it would alone.
+Every new token is placed one past the row's largest position so far, on all three axes (after a
+text token that is last + 1; after a video block it is where `multimodal_positions` puts the next
+text token). A row that has stopped feeds an invisible slot (masked, its position not advanced),
+so its cache stays exactly what it would be had it decoded alone.
+
+Cache. With `use_cache=True` the prompt is prefilled once and each step feeds one slot per row;
+the cache is allocated for prompt + `max_new_tokens` and a continuation grows it in place
+(`KVCache.update` reallocates when a write runs past its capacity). With `use_cache=False` every
+step re-runs the whole sequence (the reference the cache is tested against).
+
+Sampling: greedy (temperature 0), temperature, top-k, top-p (`sample_next`). A row stops at any of
+`stop_tokens` (kept in its output) or after `max_new_tokens`. The log-probability reported for a
+sampled token is the RL convention (TRL, verl): log-softmax of the logits divided by the sampling
+temperature (by 1 when greedy), before top-k / top-p filtering.
+
+The sampled token of each row's last step is not fed yet: it is the row's `pending` input, and
+`continue_generation` feeds it, then the appended tokens (and videos), then decodes on.
+
+Step hook. `step_hook(step, tokens, hidden)` is called once per step after sampling: `step` counts
+the steps of this call from 0, `tokens` (B,) holds the sampled ids (-1 on rows that sampled nothing
+this step: stopped earlier, or not continued), `hidden` (B, D) the final-norm hidden states the
+tokens were sampled from. It returns None, or `(embeds (B, D), replace (B,) bool)`: rows in
+`replace` take `embeds` as their next input instead of the sampled token's embedding (Future-L1
+feeds `hidden` back). The token is still reported, and positions advance by one all the same.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from framelab.kernels import AttentionSpec
+from framelab.models.cache import KVCache
+from framelab.models.multimodal import MultimodalLM
+
+StepHook = Callable[[int, torch.Tensor, torch.Tensor],
+                    "tuple[torch.Tensor, torch.Tensor] | None"]
+
+
+@dataclass
+class DecodeState:
+    """What a decode leaves behind to be continued; `continue_generation` advances it in place."""
+    cache: KVCache | None         # None on the uncached path, which keeps `inputs` instead
+    valid: torch.Tensor           # (B, S) which fed slots are real tokens
+    next_positions: torch.Tensor  # (B,) text or (3, B) multimodal: the position of the next slot
+    pending: torch.Tensor         # (B, D) each row's next input (its last sampled token), unfed
+    inputs: torch.Tensor | None   # (B, S, D) every fed input, uncached path only
+    positions: torch.Tensor | None  # (B, S) or (3, B, S) their positions, uncached path only
+
+
+@dataclass
+class Generation:
+    """The new tokens of one call, per row; `finished`: ended at a stop token; `truncated`: ran
+    out of `max_new_tokens` (a row not continued is neither and has no tokens)."""
+    tokens: list[list[int]]
+    logprobs: list[list[float]]
+    finished: list[bool]
+    truncated: list[bool]
+    state: DecodeState
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
@@ -34,6 +86,150 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+# ---- public entry points -------------------------------------------------------------------
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, stop_tokens=(),
+             pad_id: int = 0, use_cache: bool = True,
+             generator: torch.Generator | None = None) -> list[list[int]]:
+    """New tokens per row from a `DecoderLM`; `prompts`: token-id lists (any lengths) or (B, S).
+    `pad_id` is accepted for existing callers: padding is masked, so its id never matters."""
+    if isinstance(prompts, torch.Tensor):
+        prompts = prompts.tolist()
+    return decode(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
+                  top_p=top_p, stop_tokens=stop_tokens, use_cache=use_cache,
+                  generator=generator).tokens
+
+
+@torch.no_grad()
+def generate_multimodal(model, prompts, videos, max_new_tokens: int, temperature: float = 0.0,
+                        top_k: int | None = None, top_p: float | None = None, stop_tokens=(),
+                        pad_id: int = 0, generator: torch.Generator | None = None) -> list[list[int]]:
+    """New tokens per row from a `MultimodalLM`, cached. `prompts`: token-id lists holding a
+    placeholder run per video; `videos[i]`: row i's videos (T, 3, H, W) in order. `pad_id` is
+    accepted for existing callers: padding is masked, so its id never matters."""
+    return decode(model, prompts, max_new_tokens, videos=videos, temperature=temperature,
+                  top_k=top_k, top_p=top_p, stop_tokens=stop_tokens, generator=generator).tokens
+
+
+@torch.no_grad()
+def decode(model, prompts: list[list[int]], max_new_tokens: int, *, videos=None,
+           temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+           stop_tokens=(), use_cache: bool = True, generator: torch.Generator | None = None,
+           step_hook: StepHook | None = None) -> Generation:
+    """Generate from a `DecoderLM` (text prompts) or a `MultimodalLM` (prompts, `videos[i]` row i's
+    videos); returns tokens, their log-probs, stop flags and the state to continue from."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    embeds, positions, valid = _left_pad(_embed_rows(model, prompts, videos))
+    return decode_embeddings(_language_model(model), embeds, positions, valid, max_new_tokens,
+                             temperature=temperature, top_k=top_k, top_p=top_p,
+                             stop_tokens=stop_tokens, use_cache=use_cache, generator=generator,
+                             step_hook=step_hook)
+
+
+@torch.no_grad()
+def decode_embeddings(lm, embeds: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
+                      max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
+                      top_p: float | None = None, stop_tokens=(), use_cache: bool = True,
+                      generator: torch.Generator | None = None,
+                      step_hook: StepHook | None = None) -> Generation:
+    """Generate from a `DecoderLM` given left-padded input embeddings (B, S, D), their positions
+    (B, S) or (3, B, S), and `valid` (B, S) marking the real slots (each row's last slot is)."""
+    if not bool(valid[:, -1].all()):
+        raise ValueError("inputs must be left-padded: every row's last slot must be a real token")
+    b, s, d = embeds.shape
+    state = DecodeState(
+        cache=lm.new_cache(s + max_new_tokens) if use_cache else None,
+        valid=valid[:, :0], next_positions=torch.zeros_like(positions[..., 0]),
+        pending=embeds.new_zeros(b, d), inputs=None if use_cache else embeds[:, :0],
+        positions=None if use_cache else positions[..., :0])
+    active = torch.ones(b, dtype=torch.bool, device=embeds.device)
+    return _run(lm, state, embeds, positions, valid, active, max_new_tokens, temperature, top_k,
+                top_p, stop_tokens, generator, step_hook)
+
+
+@torch.no_grad()
+def continue_generation(model, state: DecodeState, appended: list[list[int] | None],
+                        max_new_tokens: int, *, videos=None, temperature: float = 0.0,
+                        top_k: int | None = None, top_p: float | None = None, stop_tokens=(),
+                        generator: torch.Generator | None = None,
+                        step_hook: StepHook | None = None) -> Generation:
+    """Decode on from `state` (a `Generation.state`, advanced in place): row i feeds its pending
+    token, then `appended[i]` (with `videos[i]` at its placeholder runs, multimodal only), then
+    samples up to `max_new_tokens` more; `appended[i] = None` leaves row i as it is."""
+    if len(appended) != state.valid.shape[0]:
+        raise ValueError(f"appended has {len(appended)} rows, the generation "
+                         f"{state.valid.shape[0]}")
+    if all(a is None for a in appended):
+        raise ValueError("continue at least one row (appended[i] = None leaves row i as it is)")
+    rows = []
+    for i, (emb, pos) in enumerate(_embed_rows(model, [a or [] for a in appended], videos)):
+        if appended[i] is None:
+            rows.append((emb[:0], pos[..., :0]))
+            continue
+        at = state.next_positions[..., i, None]           # the pending token's position
+        rows.append((torch.cat([state.pending[i, None], emb]), torch.cat([at, pos + at + 1], -1)))
+    embeds, positions, valid = _left_pad(rows)
+    active = torch.tensor([a is not None for a in appended], device=embeds.device)
+    return _run(_language_model(model), state, embeds, positions, valid, active, max_new_tokens,
+                temperature, top_k, top_p, stop_tokens, generator, step_hook)
+
+
+# ---- the loop ------------------------------------------------------------------------------
+
+def _run(lm, state: DecodeState, embeds, positions, valid, active, max_new_tokens: int,
+         temperature, top_k, top_p, stop_tokens, generator, step_hook) -> Generation:
+    """Feed a left-padded chunk, then sample, record and feed one slot per step."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    stops = torch.tensor(sorted(set(stop_tokens)) or [-1], device=embeds.device)
+    finished = torch.zeros_like(active)
+    hidden = _feed(lm, state, embeds, positions, valid)
+    tokens, logprobs = [], []
+    for step in range(max_new_tokens):
+        logits = lm.logits(hidden)
+        tok = sample_next(logits, temperature, top_k, top_p, generator)
+        scaled = logits.float() / (temperature if temperature > 0 else 1.0)
+        logprobs.append(torch.log_softmax(scaled, -1).gather(-1, tok[:, None])[:, 0])
+        tok = torch.where(active, tok, -1)
+        tokens.append(tok)
+        nxt = lm.embed_tokens(tok.clamp(min=0))
+        swap = step_hook(step, tok, hidden) if step_hook is not None else None
+        if swap is not None:
+            new, replace = swap
+            nxt = torch.where(replace.to(nxt.device)[:, None], new.to(nxt), nxt)
+        state.pending = torch.where(active[:, None], nxt, state.pending)
+        stop = active & torch.isin(tok, stops)
+        finished, active = finished | stop, active & ~stop
+        if step == max_new_tokens - 1 or not bool(active.any()):
+            break
+        hidden = _feed(lm, state, state.pending[:, None], state.next_positions[..., None],
+                       active[:, None])
+    tokens, logprobs = torch.stack(tokens, 1), torch.stack(logprobs, 1)
+    counts = (tokens >= 0).sum(1).tolist()       # a row samples a prefix of the steps
+    return Generation(tokens=[r[:n] for r, n in zip(tokens.tolist(), counts)],
+                      logprobs=[r[:n] for r, n in zip(logprobs.tolist(), counts)],
+                      finished=finished.tolist(), truncated=active.tolist(), state=state)
+
+
+def _feed(lm, state: DecodeState, embeds, positions, valid) -> torch.Tensor:
+    """Run new slots (B, q) through the model; return each row's last hidden state (B, D)."""
+    state.valid = torch.cat([state.valid, valid], 1)
+    if state.cache is None:       # uncached: re-run everything fed so far
+        state.inputs = embeds = torch.cat([state.inputs, embeds], 1)
+        state.positions = positions = torch.cat([state.positions, positions], -1)
+    spec = AttentionSpec(causal=True, mask=_mask(state.valid, embeds.shape[1]))
+    hidden = lm.hidden_states(inputs_embeds=embeds, positions=positions, spec=spec,
+                              cache=state.cache)
+    last = positions[..., -1]
+    if last.dim() == 2:           # multimodal: after a video the next slot follows its largest axis
+        last = last.amax(0).expand_as(last)
+    state.next_positions = torch.where(valid[:, -1], last + 1, state.next_positions)
+    return hidden[:, -1]
+
+
 def _mask(valid: torch.Tensor, queries: int) -> torch.Tensor:
     """(B, 1, Sq, Sk) mask: causal is applied by the spec; here keys must be real tokens, and a
     padding query sees itself so that no row of the softmax is empty."""
@@ -44,89 +240,42 @@ def _mask(valid: torch.Tensor, queries: int) -> torch.Tensor:
     return keys | own[None, None]
 
 
-def _positions(valid: torch.Tensor) -> torch.Tensor:
-    """Each row counts positions from its first real token (padding gets 0)."""
-    return (valid.long().cumsum(-1) - 1).clamp(min=0)
+# ---- inputs --------------------------------------------------------------------------------
+
+def _language_model(model):
+    return model.lm if isinstance(model, MultimodalLM) else model
 
 
-@torch.no_grad()
-def generate(model, prompts, max_new_tokens: int, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None, stop_tokens=(),
-             pad_id: int = 0, use_cache: bool = True,
-             generator: torch.Generator | None = None) -> list[list[int]]:
-    """Generate from a `DecoderLM`. `prompts`: a list of token-id lists (any lengths) or (B, S)."""
-    if isinstance(prompts, torch.Tensor):
-        prompts = prompts.tolist()
-    device = model.output_weight.device
-    width = max(len(p) for p in prompts)
-    if width == 0:
-        raise ValueError("every prompt needs at least one token")
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
-    valid = torch.zeros_like(ids, dtype=torch.bool)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
-        valid[row, width - len(p):] = True
-    stops = torch.tensor(sorted(set(stop_tokens)) or [-1], device=device)
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    out: list[list[int]] = [[] for _ in prompts]
-    cache = model.new_cache(width + max_new_tokens) if use_cache else None
-    step_ids, step_valid = ids, valid
-    for _ in range(max_new_tokens):
-        q = step_ids.shape[1]
-        spec = AttentionSpec(causal=True, mask=_mask(valid, q))
-        pos = _positions(valid)[:, -q:]
-        hidden = model.hidden_states(step_ids, positions=pos, spec=spec, cache=cache)
-        nxt = sample_next(model.logits(hidden[:, -1]), temperature, top_k, top_p, generator)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        for row in (~done).nonzero().flatten().tolist():
-            out[row].append(int(nxt[row]))
-        done |= torch.isin(nxt, stops)
-        if bool(done.all()):
-            break
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
-        valid = torch.cat([valid, torch.ones_like(done[:, None])], dim=1)
-        step_ids = nxt[:, None] if use_cache else ids
-    return out
-
-
-@torch.no_grad()
-def generate_multimodal(model, prompts, videos, max_new_tokens: int, temperature: float = 0.0,
-                        top_k: int | None = None, top_p: float | None = None, stop_tokens=(),
-                        pad_id: int = 0, generator: torch.Generator | None = None) -> list[list[int]]:
-    """Generate from a `MultimodalLM`, cached. `prompts`: token-id lists holding a placeholder run
-    per video; `videos[i]`: row i's videos (T, 3, H, W) in order. Each row's prompt is embedded
-    alone (vision tokens spliced in, 3D positions from its first token), left-padded, prefilled
-    once; every new text token then takes the next position on all three axes (last + 1)."""
-    lm = model.lm
+def _embed_rows(model, rows: list[list[int]], videos) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per row: input embeddings (n, D) and positions counted from 0, (n,) or (3, n)."""
+    lm = _language_model(model)
     device = lm.output_weight.device
-    rows = [model.embed(torch.tensor([p], dtype=torch.long, device=device), v or None)
-            for p, v in zip(prompts, videos)]
-    width = max(len(p) for p in prompts)
-    embeds = torch.zeros(len(prompts), width, lm.config.hidden, device=device,
-                         dtype=rows[0][0].dtype)
-    positions = torch.zeros(3, len(prompts), width, dtype=torch.long, device=device)
-    valid = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)
-    for row, (emb, pos) in enumerate(rows):
-        n = emb.shape[1]
-        embeds[row, width - n:], positions[:, row, width - n:] = emb[0], pos[:, 0]
-        valid[row, width - n:] = True
-    next_pos = positions[:, :, -1] + 1
-    stops = torch.tensor(sorted(set(stop_tokens)) or [-1], device=device)
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    out: list[list[int]] = [[] for _ in prompts]
-    cache = lm.new_cache(width + max_new_tokens)
-    hidden = lm.hidden_states(inputs_embeds=embeds, positions=positions,
-                              spec=AttentionSpec(causal=True, mask=_mask(valid, width)), cache=cache)
-    for step in range(max_new_tokens):
-        nxt = sample_next(lm.logits(hidden[:, -1]), temperature, top_k, top_p, generator)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        for row in (~done).nonzero().flatten().tolist():
-            out[row].append(int(nxt[row]))
-        done |= torch.isin(nxt, stops)
-        if bool(done.all()) or step == max_new_tokens - 1:
-            break
-        valid = torch.cat([valid, torch.ones_like(done[:, None])], dim=1)
-        hidden = lm.hidden_states(nxt[:, None], positions=next_pos[..., None],
-                                  spec=AttentionSpec(causal=True, mask=_mask(valid, 1)), cache=cache)
-        next_pos = next_pos + 1
+    if not isinstance(model, MultimodalLM):
+        if videos is not None and any(videos):
+            raise ValueError("a DecoderLM takes no videos; generate from a MultimodalLM")
+        return [(lm.embed_tokens(torch.tensor(r, dtype=torch.long, device=device)),
+                 torch.arange(len(r), device=device)) for r in rows]
+    videos = [[] for _ in rows] if videos is None else videos
+    if len(videos) != len(rows):
+        raise ValueError(f"videos has {len(videos)} rows, the prompts {len(rows)}")
+    out = []
+    for r, vids in zip(rows, videos):
+        ids = torch.tensor([r], dtype=torch.long, device=device)
+        emb, pos = model.embed(ids, list(vids) or None)
+        out.append((emb[0], pos[:, 0]))
     return out
+
+
+def _left_pad(rows: list[tuple[torch.Tensor, torch.Tensor]]):
+    """Stack per-row (embeds (n, D), positions (..., n)) right-aligned: embeds (B, W, D),
+    positions (..., B, W) and valid (B, W); padding is zeros."""
+    emb0, pos0 = rows[0]
+    width = max(e.shape[0] for e, _ in rows)
+    embeds = emb0.new_zeros(len(rows), width, emb0.shape[-1])
+    positions = pos0.new_zeros(*pos0.shape[:-1], len(rows), width)
+    valid = torch.zeros(len(rows), width, dtype=torch.bool, device=emb0.device)
+    for i, (e, p) in enumerate(rows):
+        n = e.shape[0]
+        embeds[i, width - n:], positions[..., i, width - n:] = e, p
+        valid[i, width - n:] = True
+    return embeds, positions, valid
