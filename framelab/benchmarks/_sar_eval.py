@@ -1,5 +1,6 @@
-"""Quality of a trained SAR generator under several partitions: FID, KID, precision/recall, class
-consistency (see `image_quality`), all against rendered test images of the embedded world.
+"""What `framelab bench sar` needs to score a trained SAR generator (FID, KID, precision/recall,
+class consistency from `framelab.evaluation.image_quality`) under several partitions, against
+rendered test images of the embedded world: loading a run, generating, scoring.
 
 - `load_run(ckpt)`: the SARGenModule of a checkpoint (EMA weights when the checkpoint has them)
   and the datamodule of its run (from `<run dir>/config.yaml`), whose tokenizer decodes tokens.
@@ -18,15 +19,16 @@ import torch
 
 from framelab.callbacks.ema import ema_state
 from framelab.errors import UserError
-from framelab.metrics.features import load_or_train, render
-from framelab.metrics.image_quality import ImageQuality
+from framelab.evaluation.features import load_or_train, render
+from framelab.evaluation.image_quality import ImageQuality
 from framelab.world.vocab import IN_DOMAIN_PAIRS, class_id
 
 IN_DOMAIN_CLASSES = sorted(class_id(s, c) for s, c in IN_DOMAIN_PAIRS)
 
 
 def load_run(ckpt: str | Path, use_ema: bool = True):
-    """(SARGenModule in eval mode with the EMA weights if present, the run's datamodule)."""
+    """(SARGenModule in eval mode with the EMA weights if present and the run's datamodule
+    attached for decoding, that datamodule)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -47,7 +49,7 @@ def load_run(ckpt: str | Path, use_ema: bool = True):
     data_cfg = OmegaConf.load(config).data
     datamodule = instantiate(data_cfg, _convert_="all")
     datamodule.setup("predict")
-    module._decoder = datamodule.decode
+    module.attach_datamodule(datamodule)
     return module.eval(), datamodule
 
 

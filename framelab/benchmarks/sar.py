@@ -12,7 +12,7 @@ Timing: `--repeat` rounds; each round times every row once, in turn (so a busy m
 rows alike); the median per row is reported. images/s = batch / latency.
 Ratios (JSON): speedup_vs_ar_16 = images/s of SAR-16 / AR; speedup_vs_mar_16 = SAR-16 / MAR-like-16.
 Quality (with --ckpt and --eval-samples > 0): FID, KID, precision/recall (k=3) and class
-consistency from `framelab.metrics.sar_eval` (local features; chance consistency 1/40).
+consistency from `framelab.benchmarks._sar_eval` (local features; chance consistency 1/40).
 Without --ckpt the model has random weights of the shape given by --grid etc. (speed only).
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def module_defaults(key: str) -> dict:
 
 
 def sampling_config(args):
-    from framelab.models.sar_generation import SamplingConfig
+    from framelab.models.sar import SamplingConfig
 
     cfg = module_defaults("sampling")
     for key in ("temperature", "top_k", "cfg_scale", "cfg_schedule"):
@@ -111,11 +111,11 @@ def time_rows(rows, models, batch: int, repeat: int) -> None:
 
 
 def add_quality(rows, models, args) -> dict | None:
-    from framelab.metrics.sar_eval import Evaluator
+    from framelab.benchmarks._sar_eval import Evaluator
 
     main = models["main"]
-    ev = Evaluator(image_size=main._decoder(torch.zeros(1, main.fmt_config.num_tokens,
-                                                        dtype=torch.long)).shape[-1],
+    ev = Evaluator(image_size=main.decode(torch.zeros(1, main.fmt_config.num_tokens,
+                                                      dtype=torch.long)).shape[-1],
                    n=args.eval_samples, cache_dir=args.cache_dir)
     done: dict[tuple[str, str], dict] = {}
     for r in rows:
@@ -170,13 +170,13 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.ckpt:
-        from framelab.metrics.sar_eval import load_run
+        from framelab.benchmarks._sar_eval import load_run
         module, datamodule = load_run(args.ckpt)
     else:
         module, datamodule = random_module(args.grid, args.codebook), None
     models = {"main": module.to(device), "datamodule": datamodule}
     if args.ar_ckpt:
-        from framelab.metrics.sar_eval import load_run
+        from framelab.benchmarks._sar_eval import load_run
         models["ar"] = load_run(args.ar_ckpt)[0].to(device)
     for key in ("main", "ar"):
         if key in models:                  # the same sampling for every row and checkpoint

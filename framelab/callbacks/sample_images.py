@@ -18,7 +18,7 @@ from torchvision.utils import make_grid
 
 from framelab.callbacks.ema import EMA
 from framelab.errors import UserError
-from framelab.models.set_partition import parse
+from framelab.models.sar import parse
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,8 @@
 """Model configuration dataclasses and the size presets (the one place they live).
 
-`tiny` is for tests, `small` for CPU demos; the `qwen3-*` presets have the published shapes of the
+`tiny` is for tests, `small` for CPU demos, `tiny-video` is the default video LLM of the world
+experiments (its vision tower normalises pixels with the world's own statistics, which centre its
+dark, uniform background near zero); the `qwen3-*` presets have the published shapes of the
 Qwen3 dense models (configs of Qwen/Qwen3-0.6B, -1.7B, -8B).
 """
 from __future__ import annotations
@@ -116,6 +118,11 @@ class ModelConfig:
 
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(),
+    "tiny-video": ModelConfig(hidden=128, layers=4, heads=8, kv_heads=2, head_dim=16,
+                              intermediate=384,
+                              vision=VisionConfig(width=64, depth=2, heads=2, patch_size=8,
+                                                  pixel_mean=(0.1, 0.1, 0.13),
+                                                  pixel_std=(0.15, 0.15, 0.15))),
     "small": ModelConfig(vocab_size=4096, hidden=256, layers=4, heads=8, kv_heads=4, head_dim=32,
                          intermediate=768),
     "qwen3-0.6b": ModelConfig(vocab_size=151936, hidden=1024, layers=28, heads=16, kv_heads=8,

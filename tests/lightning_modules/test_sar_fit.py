@@ -4,8 +4,8 @@ Class conditioning is learned late (after the background/foreground layout): 800
 needed, about 2 minutes on one free CPU core.
 
 The judge here is a small classifier over VQ token grids, trained in seconds on the run's own
-training tokens (the image-feature classifier of `framelab.metrics` takes about a minute to train;
-`framelab bench sar` reports class consistency with that one)."""
+training tokens (the image-feature classifier of `framelab.evaluation.features` takes about a
+minute to train; `framelab bench sar` reports class consistency with that one)."""
 import os
 import subprocess
 import sys
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from framelab.metrics.sar_eval import IN_DOMAIN_CLASSES, load_run
+from framelab.benchmarks._sar_eval import IN_DOMAIN_CLASSES, load_run
 
 
 class TokenClassifier(nn.Module):

@@ -4,7 +4,7 @@ import torch
 
 from framelab.convert import (collect_inputs, convert_layer, convert_model, gqa_states,
                               latent_basis, main)
-from framelab.lightning_modules.video_llm import load_weights_file
+from framelab.checkpoints import read_weights
 from framelab.models import MultimodalLM, preset
 from framelab.models.attention import GroupedQueryAttention
 
@@ -39,10 +39,10 @@ def test_full_rank_conversion_is_exact_through_the_cli(tmp_path):
     out = tmp_path / "mla.ckpt"
     assert main(["mla", "--ckpt", str(ckpt), "--rank", str(rank),
                  "--rope-dims", str(cfg.head_dim // 2), "--out", str(out)]) == 0
-    src = load_weights_file(str(out))
-    assert src["model_config"]["attention"] == "mla"
+    src = read_weights(str(out), "converted")
+    assert src["spec"]["config"]["attention"] == "mla"
     from framelab.models.config import ModelConfig
-    mla = MultimodalLM(ModelConfig.from_dict(src["model_config"]), 500).eval()
+    mla = MultimodalLM(ModelConfig.from_dict(src["spec"]["config"]), 500).eval()
     mla.load_state_dict(src["state_dict"])
     torch.testing.assert_close(mla(ids, videos).logits, ref, atol=1e-4, rtol=1e-4)
     # and its absorbed cached decode reproduces the full forward

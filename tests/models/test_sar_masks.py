@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from framelab.errors import UserError
-from framelab.models.sar_masks import (decoder_cross_mask, decoder_self_mask, encoder_mask,
+from framelab.models.sar.masks import (decoder_cross_mask, decoder_self_mask, encoder_mask,
                                        with_class)
-from framelab.models.set_partition import (PartitionSampler, interval_sizes, make_order,
+from framelab.models.sar.partition import (PartitionSampler, interval_sizes, make_order,
                                            make_partition, parse)
 
 

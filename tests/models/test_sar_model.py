@@ -3,9 +3,8 @@ teacher-forced training pass predicts what generation samples."""
 import pytest
 import torch
 
-from framelab.models.sar import FMTConfig, FullyMaskedTransformer
-from framelab.models.sar_generation import SamplingConfig, generate
-from framelab.models.set_partition import make_partition
+from framelab.models.sar import (FMTConfig, FullyMaskedTransformer, SamplingConfig, generate,
+                                 make_partition)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@
 What the paper says (../shared/papers.md §4): the encoder embeds the tokens generated so far under
 a block-causal mask over sets; the decoder's inputs are position-embedding queries for the next
 set's positions, which attend to each other and cross-attend to the encoder outputs of preceding
-sets; three masks (see `sar_masks`); the encoder's keys/values can be cached. Class-conditional.
+sets; three masks (see `masks`); the encoder's keys/values can be cached. Class-conditional.
 
 What we chose (the paper does not say; each is a config key where it matters):
 - Backbone blocks: framelab's pre-norm `Block` (RMSNorm, GQA with q/k norm, SwiGLU) for the
@@ -34,9 +34,9 @@ from framelab.kernels import AttentionSpec, apply_rotary, attention
 from framelab.models.cache import KVCache
 from framelab.models.layers import RMSNorm
 from framelab.models.rope import RotaryEmbedding
-from framelab.models.sar_masks import (as_spec_mask, decoder_cross_mask, decoder_self_mask,
+from framelab.models.sar.masks import (as_spec_mask, decoder_cross_mask, decoder_self_mask,
                                        encoder_mask, with_class)
-from framelab.models.set_partition import Partition
+from framelab.models.sar.partition import Partition
 from framelab.models.transformer import Block
 
 CLASS_POSITION = -1

@@ -25,9 +25,9 @@ import torch
 from framelab.errors import UserError
 from framelab.kernels import AttentionSpec
 from framelab.models.cache import KVCache
-from framelab.models.sar import FullyMaskedTransformer
-from framelab.models.sar_masks import as_spec_mask, encoder_mask, with_class
-from framelab.models.set_partition import Partition
+from framelab.models.sar.fmt import FullyMaskedTransformer
+from framelab.models.sar.masks import as_spec_mask, encoder_mask, with_class
+from framelab.models.sar.partition import Partition
 
 CFG_SCHEDULES = ("constant", "linear")
 
