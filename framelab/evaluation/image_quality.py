@@ -1,9 +1,9 @@
 """FID, KID, precision/recall and class consistency of generated images, in local features.
 
 - FID and KID: torchmetrics' `FrechetInceptionDistance` / `KernelInceptionDistance` with the
-  feature extractor of `framelab.metrics.features` passed as `feature=` (no Inception, no download).
-  Images are float (N, 3, H, W) in [0, 1]. Numbers are comparable only within one feature network
-  (same image size), never with ImageNet FIDs.
+  feature extractor of `framelab.evaluation.features` passed as `feature=` (no Inception, no
+  download). Images are float (N, 3, H, W) in [0, 1]. Numbers are comparable only within one
+  feature network (same image size), never with ImageNet FIDs.
 - Precision / recall (Kynkäänniemi et al., 2019), k = 3: each real feature gets a ball whose radius
   is the distance to its k-th nearest real neighbour; precision is the fraction of generated
   features inside some real ball, recall the fraction of real features inside some generated
@@ -17,7 +17,7 @@ import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from framelab.metrics.features import ShapeClassifier, to_float
+from framelab.evaluation.features import ShapeClassifier, to_float
 
 
 def _kth_radius(feats: torch.Tensor, k: int) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Answer extraction (Video-MME style) and temporal IoU."""
 import pytest
 
-from framelab.metrics.choice import ChoiceAccuracy, extract_choice
-from framelab.metrics.temporal import TemporalIoU, parse_span, temporal_iou
+from framelab.evaluation.choice import ChoiceAccuracy, extract_choice
+from framelab.evaluation.temporal import TemporalIoU, parse_span, temporal_iou
 
 
 @pytest.mark.parametrize("text,want", [

@@ -3,8 +3,8 @@ local feature network, class consistency, and a feature classifier that learns."
 import pytest
 import torch
 
-from framelab.metrics.features import ShapeClassifier, load_or_train, render, to_float, train_classifier
-from framelab.metrics.image_quality import ImageQuality, precision_recall
+from framelab.evaluation.features import ShapeClassifier, load_or_train, render, to_float, train_classifier
+from framelab.evaluation.image_quality import ImageQuality, precision_recall
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

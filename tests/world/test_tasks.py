@@ -118,7 +118,7 @@ def test_describe_turns_never_give_away_a_later_answer():
 
 
 def test_rationale_reply_names_the_option_then_its_letter():
-    from framelab.metrics import extract_choice
+    from framelab.evaluation import extract_choice
     seen = 0
     for i in range(40):
         s = make_sample("describe", "train", i, {"questions": 3, "mcq_prob": 1.0,
