@@ -4,7 +4,9 @@ Hydra's own errors are multi-line tracebacks; a user who mistypes an experiment,
 gets one line here instead, naming the key and what would be right. Checks, in order:
 unknown config-group choices (with the valid ones), overrides that do not parse, composition
 errors (unknown keys, with close matches), values of the wrong type (against the composed
-default), missing required values (`???`), and a checkpoint path that does not exist.
+default), keys that moved (named with their new place), a `model` override under a module that
+does not read the `model` group, missing required values (`???`), and a checkpoint path that does
+not exist.
 In a multirun sweep each swept key is checked with its first value.
 """
 from __future__ import annotations
@@ -100,6 +102,31 @@ def _type_problem(default, parsed) -> str | None:
     return f"expected {expected} (default {default!r}), got {parsed!r}"
 
 
+# keys that moved: the old spelling ends in one line naming the new one
+MOVED = {"model.attn_backend": "runtime.attn_backend", "model.kernels": "runtime.kernels",
+         "module.vision": "model.vision"}
+
+
+def _moved(key: str) -> str | None:
+    for old, new in MOVED.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old):]
+    return None
+
+
+def _unused_model_group(cfg: DictConfig, pairs) -> None:
+    """A `model=`/`model.` override under a module that does not read the `model` group (SAR's
+    model is module.model) would be silently ignored: refuse it."""
+    touched = [k.lstrip("+~") for k, _, _ in pairs]
+    touched = [k for k in touched if k == "model" or k.startswith("model.")]
+    if not touched or "module" not in cfg:
+        return
+    if "${model" in OmegaConf.to_yaml(cfg.module, resolve=False):
+        return
+    raise UserError(f"{touched[0]}: this experiment's module ({cfg.module.get('_target_', '?')}) does "
+                    "not use the `model` group; set its model under module.model instead")
+
+
 def _compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
@@ -130,6 +157,8 @@ def check(overrides: list[str]) -> DictConfig:
             continue
         if OmegaConf.select(base, bare, default="__absent__",
                             throw_on_resolution_failure=False) == "__absent__":
+            if _moved(bare):
+                raise UserError(f"{bare} is now {_moved(bare)}")
             near = difflib.get_close_matches(bare, _all_keys(base), n=3)
             hint = f"; did you mean {', '.join(near)}?" if near else ""
             raise UserError(f"unknown config key {bare!r}{hint} (use +{bare}=... to add a key)")
@@ -138,6 +167,7 @@ def check(overrides: list[str]) -> DictConfig:
         if problem:
             raise UserError(f"{bare}: {problem}")
     cfg = _safe_compose(flat)
+    _unused_model_group(cfg, pairs)
     missing = _missing_keys(cfg)
     if missing:
         raise UserError(f"required config value(s) not set: {', '.join(missing)} "

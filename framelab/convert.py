@@ -185,12 +185,15 @@ def calibration_batches(data_config: Path, n: int) -> list[dict]:
 
 def convert_checkpoint(ckpt_path: str, out: str, rank: int, r: int, method: str = "svd",
                        calib_batches: int = 0, data_config: str | None = None) -> dict:
-    from framelab.lightning_modules.video_llm import load_weights_file
+    from framelab.checkpoints import MODEL_KEY, read_weights
     from framelab.models.multimodal import MultimodalLM
 
-    src = load_weights_file(ckpt_path)
-    cfg = ModelConfig.from_dict(dict(src["model_config"]))
-    tokens = src["token_ids"]
+    src = read_weights(ckpt_path, "--ckpt")
+    if src["spec"]["module"] not in (None, "VideoLLMModule") or "vision" not in src["spec"]["config"]:
+        raise UserError(f"--ckpt {ckpt_path}: a {src['spec']['module']} checkpoint; give a video-LLM "
+                        "checkpoint (experiment=videollm_*)")
+    cfg = ModelConfig.from_dict(dict(src["spec"]["config"]))
+    tokens = src["spec"]["tokens"]
     model = MultimodalLM(cfg, tokens.get("<|video_pad|>", 0))
     model.load_state_dict(src["state_dict"])
     model.eval()
@@ -201,8 +204,9 @@ def convert_checkpoint(ckpt_path: str, out: str, rank: int, r: int, method: str 
     new_cfg = convert_model(model.lm, rank, r, method, acts)
     model.config = new_cfg
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "videollm_model": new_cfg.to_dict(),
-                "videollm_tokens": tokens, "converted_from": str(ckpt_path)}, out)
+    torch.save({"state_dict": state, "converted_from": str(ckpt_path),
+                MODEL_KEY: {"module": "VideoLLMModule", "config": new_cfg.to_dict(),
+                            "tokens": tokens}}, out)
     return new_cfg.to_dict()
 
 

@@ -112,8 +112,7 @@ def execute(verb: str, cfg):
     from omegaconf import OmegaConf
 
     from framelab.checkpoints import AtomicCheckpointIO, resolve_ckpt_path
-    from framelab.kernels import set_kernel_backend
-    from framelab.kernels.attention import set_attention_backend
+    from framelab.kernels import set_backends
 
     logging.getLogger("lightning.pytorch").propagate = False  # it has its own console handler
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -121,8 +120,7 @@ def execute(verb: str, cfg):
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
-        set_attention_backend(cfg.model.get("attn_backend", "auto"))
-        set_kernel_backend(cfg.model.get("kernels", "auto"))
+        set_backends(attention=cfg.runtime.attn_backend, kernels=cfg.runtime.kernels)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
 
@@ -150,8 +148,7 @@ def execute(verb: str, cfg):
         # supplies what the module needs from it (codebook, grid, decoder)
         datamodule.prepare_data()
         datamodule.setup("predict")
-        if hasattr(module, "use_datamodule"):
-            module.use_datamodule(datamodule)
+        module.attach_datamodule(datamodule)
         trainer.predict(module, ckpt_path=ckpt_path, return_predictions=False)
     else:
         trainer.predict(module, datamodule=datamodule, ckpt_path=ckpt_path)

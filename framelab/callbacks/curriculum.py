@@ -12,8 +12,9 @@ absent key keeps the previous phase's value.
   the very batches of the uninterrupted one (tested). Other datamodules get `set_max_frames(n)` /
   `set_max_tokens(n)` when a phase is entered (from the next fetched batch on); one without the
   setter a phase asks for is a one-line error.
-- `rope_theta` -> `model.set_rope_theta(theta)` on the LM, at the end of the step before the phase
-  (InternVideo3 does not publish a per-phase RoPE base; it is an option here, off unless given).
+- `rope_theta` -> `pl_module.set_rope_theta(theta)` (FramelabModule: its model's LM), at the end
+  of the step before the phase (InternVideo3 does not publish a per-phase RoPE base; it is an
+  option here, off unless given).
 The run is never restarted. Logged every step: `curriculum/phase`, `curriculum/max_frames`,
 `curriculum/max_tokens`, `curriculum/rope_theta` (what is in force). Resume: the phase in force
 is saved in the checkpoint and re-applied in `on_fit_start`, before the first batches are fetched.
@@ -84,12 +85,11 @@ class ShortToLongCurriculum(Callback):
                                 "has no set_max_tokens(n); drop max_tokens from the phases")
             dm.set_max_tokens(int(phase["max_tokens"]))
         if phase["rope_theta"] is not None:
-            model = getattr(pl_module, "model", None)
-            lm = getattr(model, "lm", model)
-            if not hasattr(lm, "set_rope_theta"):
-                raise UserError(f"curriculum phase {index} sets rope_theta but the module's model "
-                                "has no set_rope_theta; drop rope_theta from the phases")
-            lm.set_rope_theta(float(phase["rope_theta"]))
+            if not hasattr(pl_module, "set_rope_theta"):
+                raise UserError(f"curriculum phase {index} sets rope_theta but "
+                                f"{type(pl_module).__name__} has no set_rope_theta; drop rope_theta "
+                                "from the phases")
+            pl_module.set_rope_theta(float(phase["rope_theta"]))
         self.current = index
 
     def on_fit_start(self, trainer, pl_module) -> None:

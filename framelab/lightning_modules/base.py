@@ -1,37 +1,65 @@
-"""The shared base of every framelab LightningModule: optimiser, schedule, logging.
+"""The shared base of every framelab LightningModule: model lifecycle, optimiser, schedule, logging.
 
+Model lifecycle. A subclass declares how its model is built and nothing more:
+- `model_config(datamodule, init_spec) -> spec`: the model spec `{"config": dict, "tokens": dict}`
+  from the module's own config and what the data decides (vocabulary, token ids, image grid).
+  `datamodule` may be None (the spec must then be complete without it); `init_spec` is the spec of
+  the `init_from` checkpoint, when there is one, for shape keys the config leaves open.
+- `build_model(spec) -> nn.Module`: the model, from a spec alone.
+The base builds `self.model` in `setup()` (once the datamodule is known: the trainer's, or one given
+by `attach_datamodule(dm)` when predicting from the module's own requests), freezes the parts named
+in `freeze`, loads `init_from` weights (all, or only the parts in `init_parts`) through
+`framelab.checkpoints`, and stores the spec under one checkpoint key (`framelab_model`), so a
+checkpoint rebuilds the model without data (`Module.load_from_checkpoint(path)`, `ckpt_path=`).
+Parts are the model's top-level sub-modules (a MultimodalLM has `lm`, `vision`, `projector`).
+
+Optimisation:
 - AdamW with weight decay on matrices only (no decay on norms, biases, embeddings).
 - Linear warmup then cosine decay to `min_lr_ratio` × lr over `scheduler.total_steps` (its own
   config key: the horizon is never taken silently from the trainer).
 - Logs `train/loss`, `train/lr`, `train/grad_norm` (before clipping; clipping is the trainer's
   `gradient_clip_val`) and `train/tokens_per_s`.
-Subclasses implement `compute_loss(batch) -> (loss, n_tokens)` and build `self.model`.
+Subclasses implement `compute_loss(batch) -> (loss, n_tokens)`.
 """
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import lightning as L
 import torch
 from torch import nn
 
+from framelab import checkpoints
 from framelab.errors import UserError
-from framelab.models.config import ModelConfig, VisionConfig, preset
+from framelab.models.config import PRESETS, ModelConfig, VisionConfig, preset
+
+
+# keys of the `model` group that configured the run, not the model's shape, before they moved
+# to `runtime`: still found in the hyper-parameters of older checkpoints, and ignored
+RUNTIME_KEYS = ("attn_backend", "kernels")
 
 
 def build_model_config(cfg: dict) -> ModelConfig:
-    """ModelConfig from the `model` config group: a preset plus the keys that are not null."""
+    """ModelConfig from the `model` config group: a preset plus the keys that are not null (the
+    `vision` block likewise: its non-null keys over the preset's vision config, or the defaults)."""
     cfg = dict(cfg)
     name = cfg.pop("preset", "tiny")
-    for key in ("attn_backend", "kernels"):
+    for key in RUNTIME_KEYS:
         cfg.pop(key, None)
     overrides = {k: v for k, v in cfg.items() if v is not None}
     if "mrope_section" in overrides:
         overrides["mrope_section"] = tuple(overrides["mrope_section"])
-    if isinstance(overrides.get("vision"), dict):
-        overrides["vision"] = VisionConfig(**overrides["vision"])
     try:
+        if isinstance(overrides.get("vision"), dict):
+            base = PRESETS[name].vision if name in PRESETS else None
+            given = {k: v for k, v in overrides["vision"].items() if v is not None}
+            if base is None and not given:
+                overrides.pop("vision")          # a text preset, no vision key set
+            else:
+                overrides["vision"] = (replace(base, **given) if base is not None
+                                       else VisionConfig(**given))
         return preset(name, **overrides)
     except (TypeError, ValueError) as exc:
         raise UserError(f"model config: {exc}") from exc
@@ -62,8 +90,15 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 
 class FramelabModule(L.LightningModule):
-    def __init__(self, optim: dict | None = None, scheduler: dict | None = None):
+    def __init__(self, optim: dict | None = None, scheduler: dict | None = None,
+                 init_from: str | None = None, init_parts: list[str] | None = None,
+                 freeze: dict | None = None):
         super().__init__()
+        self.init_from, self.init_parts = init_from, list(init_parts) if init_parts else None
+        self.freeze = {k: bool(v) for k, v in (freeze or {}).items()}
+        self.model: nn.Module | None = None
+        self.model_spec: dict | None = None
+        self._attached = None
         self.optim_cfg = {"lr": 3e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1,
                           **(optim or {})}
         self.sched_cfg = {"warmup_steps": 0, "total_steps": None, "min_lr_ratio": 0.1,
@@ -71,8 +106,86 @@ class FramelabModule(L.LightningModule):
         self._step_start: float | None = None
 
     # ---- subclasses -------------------------------------------------------------------------
+    def model_config(self, datamodule, init_spec: dict | None) -> dict:
+        """The model spec {"config": dict, "tokens": dict} (see the module docstring)."""
+        raise NotImplementedError
+
+    def build_model(self, spec: dict) -> nn.Module:
+        raise NotImplementedError
+
     def compute_loss(self, batch) -> tuple[torch.Tensor, int]:
         raise NotImplementedError
+
+    def on_datamodule(self, datamodule) -> None:
+        """Called in every `setup()` with the datamodule (or None): keep what evaluation or
+        prediction needs from it (a tokenizer, a decoder). Nothing by default."""
+
+    # ---- model lifecycle --------------------------------------------------------------------
+    def attach_datamodule(self, datamodule) -> None:
+        """Use `datamodule` for model sizes and decoding when the trainer runs without one (e.g.
+        predicting from the module's own `predict_dataloader()`)."""
+        self._attached = datamodule
+
+    def current_datamodule(self):
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        return dm if dm is not None else self._attached
+
+    def setup(self, stage: str) -> None:
+        dm = self.current_datamodule()
+        self.on_datamodule(dm)
+        if self.model is not None:
+            return
+        source = checkpoints.read_weights(self.init_from, "init_from") if self.init_from else None
+        spec = self.model_config(dm, source["spec"] if source else None)
+        self.install(spec)
+        if source is not None:
+            self.check_init_spec(source["spec"])
+            checkpoints.load_weights(self.model, source, self.init_parts,
+                                     f"init_from={self.init_from}")
+
+    def install(self, spec: dict) -> None:
+        """Build the model from `spec` and freeze the parts `freeze` names."""
+        spec = {"module": type(self).__name__, "config": dict(spec["config"]),
+                "tokens": dict(spec.get("tokens") or {})}
+        self.model = self.build_model(spec)
+        self.model_spec = spec
+        names = [n for n, _ in self.model.named_children()]
+        unknown = sorted(set(self.freeze) - set(names))
+        if unknown:
+            raise UserError(f"module.freeze has unknown parts {unknown}; valid: {', '.join(names)}")
+        for name, frozen in self.freeze.items():
+            if frozen:
+                getattr(self.model, name).requires_grad_(False)
+
+    def check_init_spec(self, theirs: dict) -> None:
+        """A one-line error when the `init_from` checkpoint came from another kind of module."""
+        mine = type(self).__name__
+        if theirs.get("module") not in (None, mine):
+            raise UserError(f"init_from={self.init_from}: a {theirs['module']} checkpoint, but this "
+                            f"run trains a {mine}; give a checkpoint of the same kind of module")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        spec = dict(self.model_spec)
+        config = getattr(self.model, "config", None)
+        if hasattr(config, "to_dict"):       # as it stands now (a curriculum may change rope_theta)
+            spec["config"] = config.to_dict()
+        checkpoint[checkpoints.MODEL_KEY] = spec
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.model is None:
+            spec = checkpoints.model_spec(checkpoint, "checkpoint")
+            if spec["module"] not in (None, type(self).__name__):
+                raise UserError(f"checkpoint: written by {spec['module']}, but this run trains a "
+                                f"{type(self).__name__}; give a checkpoint of the same experiment")
+            self.install(spec)
+
+    def set_rope_theta(self, theta: float) -> None:
+        """Change the rotary base of the model's LM (the short-to-long curriculum's option)."""
+        lm = getattr(self.model, "lm", self.model)
+        if not hasattr(lm, "set_rope_theta"):
+            raise UserError(f"{type(self).__name__}'s model has no rotary base to change; drop "
+                            "rope_theta from the curriculum phases")
+        lm.set_rope_theta(float(theta))
 
     # ---- training ---------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx):

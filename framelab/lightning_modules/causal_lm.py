@@ -2,6 +2,7 @@
 
 Batches hold `input_ids` (B, S) and unshifted `labels` (B, S) with -100 where no loss applies;
 the loss is the fused linear-cross-entropy from hidden states (the logits never exist whole).
+Its model needs nothing from the data, so it is built at once (or in `setup()` under `init_from`).
 """
 from __future__ import annotations
 
@@ -9,16 +10,25 @@ import torch
 
 from framelab.kernels import AttentionSpec, linear_cross_entropy
 from framelab.lightning_modules.base import FramelabModule, build_model_config
+from framelab.models.config import ModelConfig
 from framelab.models.transformer import DecoderLM
 
 
 class CausalLMModule(FramelabModule):
     def __init__(self, model: dict, optim: dict | None = None, scheduler: dict | None = None,
-                 loss_chunk_size: int = 4096):
-        super().__init__(optim, scheduler)
+                 loss_chunk_size: int = 4096, init_from: str | None = None):
+        super().__init__(optim, scheduler, init_from)
         self.save_hyperparameters()
-        self.model = DecoderLM(build_model_config(model))
+        self.model_cfg = dict(model)
         self.loss_chunk_size = loss_chunk_size
+        if init_from is None:              # the config says everything: build now
+            self.install(self.model_config(None, None))
+
+    def model_config(self, datamodule, init_spec: dict | None) -> dict:
+        return {"config": build_model_config(self.model_cfg).to_dict(), "tokens": {}}
+
+    def build_model(self, spec: dict) -> DecoderLM:
+        return DecoderLM(ModelConfig.from_dict(spec["config"]))
 
     def forward(self, input_ids, cu_seqlens=None):
         return self.model(input_ids, spec=AttentionSpec(causal=True, cu_seqlens=cu_seqlens))

@@ -10,9 +10,9 @@ resumed run draws exactly what the uninterrupted run would have.
 Validation: `val/loss` is the mean loss over the fixed `val_partitions` (drawn from a fixed seed).
 
 The model's codebook size, grid and number of classes default to the datamodule's (`null` in the
-config): the model is built in `setup()`, once the datamodule is known, and its resolved config is
-stored in every checkpoint (`sar_model`), so `SARGenModule.load_from_checkpoint(path)` rebuilds it
-without data.
+config): the model is built through the shared lifecycle (`FramelabModule`: in `setup()` once the
+datamodule is known, or at once when the config gives them), and its resolved config is stored in
+every checkpoint, so `SARGenModule.load_from_checkpoint(path)` rebuilds it without data.
 
 Prediction: `predict_step` generates images for the batch's requests (see `SampleRequests`:
 classes x per_class x step counts, from `predict:`) -- or, given an ordinary data batch, for the
@@ -26,9 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 from framelab.errors import UserError
 from framelab.kernels import linear_cross_entropy
 from framelab.lightning_modules.base import FramelabModule
-from framelab.models.sar import FMTConfig, FullyMaskedTransformer
-from framelab.models.sar_generation import SamplingConfig, generate
-from framelab.models.set_partition import PartitionSampler, make_partition, parse
+from framelab.models.sar import (FMTConfig, FullyMaskedTransformer, PartitionSampler,
+                                 SamplingConfig, generate, make_partition, parse)
 
 DATA_KEYS = ("codebook_size", "grid", "num_classes")
 
@@ -73,47 +72,31 @@ class SARGenModule(FramelabModule):
         self.sampling = SamplingConfig(**(sampling or {}))
         self.predict_cfg = {"classes": [0], "per_class": 4, "steps": [16], "order": "random",
                             "interval": "cosine", "seed": 0, "batch_size": 64, **(predict or {})}
-        self.model: FullyMaskedTransformer | None = None
         self._decoder = None        # the datamodule's decode(tokens) -> images, kept from setup()
-        self._datamodule = None     # set by use_datamodule() when the trainer has none
         if all(self.model_cfg.get(k) is not None for k in DATA_KEYS):
-            self.build(self.model_cfg)
+            self.install(self.model_config(None, None))   # the config says everything: build now
 
     # ---- model ------------------------------------------------------------------------------
-    def build(self, cfg: dict) -> None:
-        self.fmt_config = FMTConfig.from_dict({k: v for k, v in cfg.items() if v is not None})
-        self.model = FullyMaskedTransformer(self.fmt_config)
-
-    def use_datamodule(self, datamodule) -> None:
-        """Take model sizes and decode() from `datamodule` when the trainer runs without one
-        (predicting from `predict_dataloader()`, whose requests come from `module.predict`)."""
-        self._datamodule = datamodule
-        self._decoder = getattr(datamodule, "decode", None)
-
-    def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        dm = dm if dm is not None else self._datamodule
-        if dm is not None and hasattr(dm, "decode"):
+    def on_datamodule(self, dm) -> None:
+        if hasattr(dm, "decode"):           # kept, so predicting after fit still decodes
             self._decoder = dm.decode
-        if self.model is not None:
-            return
-        if dm is None or not all(hasattr(dm, k) for k in DATA_KEYS):
-            raise UserError("module.model.codebook_size / grid / num_classes are null and the "
-                            "datamodule does not provide them; set them, or use data=images")
+
+    def model_config(self, dm, init_spec: dict | None) -> dict:
+        """The FMT config, with codebook size, grid and classes from the datamodule where null."""
         cfg = dict(self.model_cfg)
         for k in DATA_KEYS:
-            cfg[k] = list(getattr(dm, k)) if k == "grid" else int(getattr(dm, k))
-        self.build(cfg)
+            if cfg.get(k) is None:
+                if dm is None or not hasattr(dm, k):
+                    raise UserError("module.model.codebook_size / grid / num_classes are null and "
+                                    "the datamodule does not provide them; set them, or use "
+                                    "data=images")
+                cfg[k] = list(getattr(dm, k)) if k == "grid" else int(getattr(dm, k))
+        config = FMTConfig.from_dict({k: v for k, v in cfg.items() if v is not None})
+        return {"config": config.to_dict(), "tokens": {}}
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["sar_model"] = self.fmt_config.to_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.model is None:
-            if "sar_model" not in checkpoint:
-                raise UserError("checkpoint has no 'sar_model' entry: it was not written by "
-                                "SARGenModule; give a checkpoint of experiment=sar")
-            self.build(checkpoint["sar_model"])
+    def build_model(self, spec: dict) -> FullyMaskedTransformer:
+        self.fmt_config = FMTConfig.from_dict(spec["config"])
+        return FullyMaskedTransformer(self.fmt_config)
 
     # ---- training ---------------------------------------------------------------------------
     def _generator(self, step: int) -> torch.Generator:
@@ -169,8 +152,7 @@ class SARGenModule(FramelabModule):
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] through the datamodule's image tokenizer."""
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        decoder = dm.decode if dm is not None and hasattr(dm, "decode") else self._decoder
+        decoder = getattr(self.current_datamodule(), "decode", None) or self._decoder
         if decoder is None:
             raise UserError("decoding tokens to images needs the datamodule's image tokenizer "
                             "(data=images)")

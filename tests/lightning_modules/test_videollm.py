@@ -10,21 +10,27 @@ from framelab.callbacks.curriculum import ShortToLongCurriculum
 from framelab.datamodules.special_tokens import IM_END, PAD, VIDEO_PAD
 from framelab.datamodules.video_text import VideoTextDataModule
 from framelab.errors import UserError
-from framelab.lightning_modules.video_llm import VideoLLMModule
+from framelab.lightning_modules.videollm import VideoLLMModule
 
 VISION = {"width": 32, "depth": 1, "heads": 2, "patch_size": 8}
 TOKENS = {VIDEO_PAD: 500, PAD: 0, IM_END: 2}
 
 
-def module(**kw):
+class Data:
+    """Just what the module reads from a video-text datamodule to size its model."""
+    vocab_size, special_ids, patch_size, tokenizer = 512, TOKENS, 8, None
+
+
+def module(model=None, **kw):
     kw.setdefault("evaluation", {"generate": False})
-    m = VideoLLMModule(model={"preset": "tiny"}, vision=VISION, scheduler={"total_steps": 8}, **kw)
+    m = VideoLLMModule(model={"preset": "tiny", "vision": VISION, **(model or {})},
+                       scheduler={"total_steps": 8}, **kw)
     return m
 
 
 def built(**kw):
     m = module(**kw)
-    m.build(m.config_for(512, None), TOKENS)
+    m.install(m.model_config(Data(), None))
     return m
 
 
@@ -70,13 +76,13 @@ def test_text_only_rows_still_give_every_trainable_parameter_a_gradient(monkeypa
     """A packed row of text-only samples (no videos) must not leave the vision tower without a
     gradient under DDP (every rank's reducer waits for every trainable parameter); in one process
     the tower keeps no gradient, so the optimizer skips it that step."""
-    import framelab.lightning_modules.video_llm as video_llm
+    import framelab.lightning_modules.videollm as videollm
 
     batch = {"input_ids": torch.tensor([[1, 7, 8, 9, 3, 4]]),
              "labels": torch.tensor([[-100, -100, 8, 9, -100, 4]]),
              "cu_seqlens": torch.tensor([0, 4, 6]), "videos": []}
     for parallel in (False, True):
-        monkeypatch.setattr(video_llm, "data_parallel", lambda: parallel)
+        monkeypatch.setattr(videollm, "data_parallel", lambda: parallel)
         m = built(stage="sft")
         m.train()
         loss, n = m.compute_loss(batch)
@@ -109,10 +115,10 @@ def test_scoring_per_task_and_format():
             {"meta": {"task": "describe", "format": "mcq", "answer": "C"}},
             {"meta": {"task": "describe", "format": "open", "answer": "red"}},
             {"meta": {"task": "needle", "format": "span", "answer": "1.0-2.0", "spans": [[1.0, 2.0]]}}]
-    m.score("val", docs, ["The answer is B", "no idea", "Red", "1.0-3.0"])
-    got = {k: float(v.compute()) for k, v in m.metrics.items()}
-    assert got == pytest.approx({"val__mcq_acc__describe": 0.5, "val__accuracy": 2 / 3,
-                                 "val__open_acc__describe": 1.0, "val__tiou__needle": 0.5})
+    m.evaluator.score("val", docs, ["The answer is B", "no idea", "Red", "1.0-3.0"])
+    got = {k: float(v) for k, v in m.evaluator.compute().items()}
+    assert got == pytest.approx({"val/mcq_acc/describe": 0.5, "val/accuracy": 2 / 3,
+                                 "val/open_acc/describe": 1.0, "val/tiou/needle": 0.5})
 
 
 class Probe(Callback):
@@ -206,8 +212,7 @@ def test_init_from_loads_weights_only(tmp_path, cache):
     bad.trainer = trainer
     with pytest.raises(UserError, match="no such file"):
         bad.setup("fit")
-    mla = VideoLLMModule(model={"preset": "tiny", "attention": "mla"}, vision=VISION,
-                         init_from=str(src))
+    mla = module(model={"attention": "mla"}, init_from=str(src))
     mla.trainer = trainer
     with pytest.raises(UserError, match="attention"):
         mla.setup("fit")
@@ -224,17 +229,17 @@ def test_mcq_scored_by_option_letter_logprob():
     """evaluation.mcq=score: the letter with the highest logit right after each prompt is the
     reply; the denominator is every MCQ document of the batch."""
     m = built()
-    m.tokenizer = LetterTokenizer()
+    m.evaluator.tokenizer = LetterTokenizer()
     hidden = torch.zeros(1, 10, m.config.hidden)
     w = m.model.lm.output_weight.detach()
     hidden[0, 2] = w[12] * 10          # doc 0: prompt ends at 2 -> "C"
     hidden[0, 6] = w[10] * 10          # doc 1: prompt ends at 6 -> "A"
     docs = [{"row": 0, "start": 3, "meta": {"task": "describe", "format": "mcq", "answer": "C"}},
             {"row": 0, "start": 7, "meta": {"task": "describe", "format": "mcq", "answer": "B"}}]
-    replies = m.choose_letters(hidden, docs)
+    replies = m.evaluator.choose_letters(m.model, hidden, docs)
     assert replies == ["C", "A"]
-    m.score("val", docs, replies)
-    assert float(m.metrics["val__mcq_acc__describe"].compute()) == pytest.approx(0.5)
+    m.evaluator.score("val", docs, replies)
+    assert float(m.evaluator.compute()["val/mcq_acc/describe"]) == pytest.approx(0.5)
     with pytest.raises(UserError):
         module(evaluation={"mcq": "logits"})
 
@@ -244,24 +249,26 @@ def test_rationale_mcq_is_generated_even_when_letters_are_scored():
     evaluate() sends it to generation (with evaluation.generate=false too) and extract_choice
     reads the letter; bare-letter MCQ stays scored and open answers stay skipped."""
     m = built()
-    m.tokenizer = LetterTokenizer()
+    ev = m.evaluator
+    ev.tokenizer = LetterTokenizer()
     m.log = lambda *a, **k: None
     docs = [{"meta": {"task": "describe", "format": "mcq", "answer": "B", "reply": "letter"}},
             {"meta": {"task": "describe", "format": "mcq", "answer": "C", "reply": "rationale"}},
             {"meta": {"task": "describe", "format": "open", "answer": "red"}}]
     m.loss_and_hidden = lambda batch: (torch.tensor(0.0), 1, None)
-    m.documents = lambda batch: docs
-    m.choose_letters = lambda hidden, ds: ["B" for _ in ds]
+    ev.documents = lambda batch: docs
+    ev.choose_letters = lambda model, hidden, ds: ["B" for _ in ds]
     generated = []
-    m.answer = lambda ds: generated.extend(ds) or ["green (C)" for _ in ds]
+    ev.answer = lambda model, ds: generated.extend(ds) or ["green (C)" for _ in ds]
     m.evaluate({}, 1, "val")
     assert generated == [docs[1]]
-    assert float(m.metrics["val__mcq_acc__describe"].compute()) == 1.0
-    assert "val__open_acc__describe" not in m.metrics
+    got = ev.compute()
+    assert float(got["val/mcq_acc/describe"]) == 1.0
+    assert "val/open_acc/describe" not in got
 
 
 def test_rationale_replies_also_score_the_named_option():
-    from framelab.metrics import extract_named
+    from framelab.evaluation import extract_named
 
     assert extract_named("Answer: red B") == "red" and extract_named("3 (A)") == "3"
     assert extract_named("Answer: B") is None and extract_named("(C)") is None
@@ -269,8 +276,8 @@ def test_rationale_replies_also_score_the_named_option():
     meta = {"task": "describe", "format": "mcq", "reply": "rationale", "qtype": "colour"}
     docs = [{"meta": {**meta, "answer": "B", "answer_text": "red"}},
             {"meta": {**meta, "answer": "C", "answer_text": "blue"}}]
-    m.score("val", docs, ["Answer: red (C)", "Answer: blue (C)"])   # right name, wrong letter
-    got = {k: float(v.compute()) for k, v in m.metrics.items()}
-    assert got["val__mcq_acc__describe"] == 0.5
-    assert got["val__mcq_named_acc__describe"] == 1.0
-    assert got["val__mcq_named_acc__describe__colour"] == 1.0
+    m.evaluator.score("val", docs, ["Answer: red (C)", "Answer: blue (C)"])   # right name, wrong letter
+    got = {k: float(v) for k, v in m.evaluator.compute().items()}
+    assert got["val/mcq_acc/describe"] == 0.5
+    assert got["val/mcq_named_acc/describe"] == 1.0
+    assert got["val/mcq_named_acc/describe/colour"] == 1.0

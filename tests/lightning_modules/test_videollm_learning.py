@@ -8,23 +8,20 @@ import lightning as L
 import torch
 
 from framelab.datamodules.video_text import VideoTextDataModule
-from framelab.lightning_modules.video_llm import VideoLLMModule
+from framelab.lightning_modules.videollm import VideoLLMModule
 
 STEPS = 450
 READ_STEPS = 1500
 
 
-def test_video_llm_learns_to_count_from_pixels(tmp_path):
+def test_videollm_learns_to_count_from_pixels(tmp_path):
     torch.manual_seed(0)
     dm = VideoTextDataModule(
         tasks=["describe"], cache_dir=str(tmp_path / "world"), image_size=64, max_frames=4,
         max_tokens=768, samples={"train": 4096, "val": 96, "test": 0, "ood": 0}, shards=2,
         task_params={"describe": {"size": 64, "mcq_prob": 0.0, "questions": 3, "max_objects": 3}})
     module = VideoLLMModule(
-        model={"preset": "tiny", "hidden": 128, "layers": 4, "heads": 8, "kv_heads": 2,
-               "head_dim": 16, "intermediate": 384},
-        vision={"width": 64, "depth": 2, "heads": 2, "patch_size": 8,
-                "pixel_mean": [0.1, 0.1, 0.13], "pixel_std": [0.15, 0.15, 0.15]},
+        model={"preset": "tiny-video"},
         evaluation={"generate": True, "max_new_tokens": 3, "log_samples": 0},
         optim={"lr": 1.0e-3}, scheduler={"warmup_steps": 20, "total_steps": STEPS})
     trainer = L.Trainer(max_steps=STEPS, accelerator="cpu", logger=False, enable_progress_bar=False,
@@ -37,16 +34,14 @@ def test_video_llm_learns_to_count_from_pixels(tmp_path):
     assert metrics["val/open_acc/describe/count"] > 0.6, metrics
 
 
-def test_video_llm_learns_the_letter_of_the_option_it_names(tmp_path):
+def test_videollm_learns_the_letter_of_the_option_it_names(tmp_path):
     torch.manual_seed(0)
     dm = VideoTextDataModule(
         tasks=["read"], cache_dir=str(tmp_path / "world"), image_size=64, max_frames=4,
         max_tokens=768, samples={"train": 4096, "val": 64, "test": 0, "ood": 0}, shards=2,
         task_params={"read": {"mcq_reply": "rationale"}})
     module = VideoLLMModule(
-        model={"preset": "tiny", "hidden": 128, "layers": 4, "heads": 8, "kv_heads": 2,
-               "head_dim": 16, "intermediate": 384},
-        vision={"width": 64, "depth": 2, "heads": 2, "patch_size": 8},
+        model={"preset": "tiny-video", "vision": {"pixel_mean": [0.5] * 3, "pixel_std": [0.5] * 3}},
         evaluation={"generate": False, "max_new_tokens": 8, "log_samples": 0},
         optim={"lr": 1.0e-3}, scheduler={"warmup_steps": 20, "total_steps": READ_STEPS})
     trainer = L.Trainer(max_steps=READ_STEPS, accelerator="cpu", logger=False,
