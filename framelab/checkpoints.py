@@ -2,13 +2,19 @@
 
 Writing: `AtomicCheckpointIO` writes each checkpoint to a temporary file in the same folder,
 flushes it to disk and renames it over the target, so a checkpoint file is always complete
-(a crash mid-write leaves only a stray temporary file, never a truncated checkpoint).
+(a crash mid-write leaves only a stray temporary file, never a truncated checkpoint). It reads
+checkpoints back for Lightning through `framelab.safe_load` (tensors and plain data only).
 
-Finding, for `ckpt_path=last`: the newest complete checkpoint of this experiment — first in the
-current run directory (so `hydra.run.dir=DIR ckpt_path=last` resumes in place), else in the most
-recent earlier run under `runs/<experiment>/`. In a directory, `checkpoints/last.ckpt` is preferred;
-if it cannot be read, the newest other readable checkpoint there is used, with a warning naming
-both files.
+Finding, for `ckpt_path=last`: the current run directory's checkpoint (so `hydra.run.dir=DIR
+ckpt_path=last` resumes in place), else the newest among the other runs under `runs/<experiment>/`
+by the save time the checkpoint records (`framelab_saved_at`; the file time for older ones), then
+its step -- never by folder name. In a directory, `checkpoints/last.ckpt` is preferred; if it is
+unusable, the newest other usable checkpoint there is taken, with a warning naming both. A sharded
+checkpoint (a `last.ckpt/` folder of torch's distributed checkpoint API) counts like a file.
+
+Every candidate is checked without running code from it (`framelab.safe_load`): a truncated,
+corrupt or unsafe file is one error line when named directly, and skipped with a warning when
+searched for.
 
 Reading (every LightningModule shares this): a framelab checkpoint stores, beside Lightning's own
 entries, one `framelab_model` entry -- the spec its module's model is built from: `{"module": the
@@ -22,17 +28,20 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from framelab.errors import UserError
+from framelab.safe_load import check_sharded, is_sharded, load_torch
 
 log = logging.getLogger(__name__)
 
 
 MODEL_KEY = "framelab_model"
+SAVED_AT_KEY = "framelab_saved_at"  # time.time() when the checkpoint was written
 # entries of checkpoints written before MODEL_KEY: the module they came from, config key, token key
 LEGACY_KEYS = {"videollm_model": ("VideoLLMModule", "videollm_tokens"),
                "sar_model": ("SARGenModule", None)}
@@ -43,6 +52,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        checkpoint[SAVED_AT_KEY] = time.time()
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
@@ -53,61 +63,98 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if tmp.exists():
                 tmp.unlink()
 
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        """Lightning's own read of a checkpoint file, always with weights_only (safe_load)."""
+        return load_torch(path, f"checkpoint {path}")
 
-def readable(path: Path) -> bool:
+
+def inspect(path: Path, where: str) -> dict:
+    """{"step", "saved_at", "module" (the LightningModule that wrote it)} of a checkpoint file or sharded folder, read without running code
+    from it; a file that is truncated, corrupt or unsafe is one UserError line."""
+    if is_sharded(path):
+        ckpt = check_sharded(path, where)
+        saved = (path / ".metadata").stat().st_mtime
+    elif path.is_file():
+        ckpt = load_torch(path, where, mmap=True)
+        saved = path.stat().st_mtime
+    else:
+        raise UserError(f"{where}: {path} is neither a checkpoint file nor a sharded checkpoint "
+                        "folder (one with a .metadata index)")
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{where}: holds a {type(ckpt).__name__}, not a checkpoint dictionary")
+    spec = ckpt.get(MODEL_KEY) or {}
+    legacy = [LEGACY_KEYS[k][0] for k in LEGACY_KEYS if k in ckpt]
+    return {"step": int(ckpt.get("global_step") or 0),
+            "saved_at": float(ckpt.get(SAVED_AT_KEY) or saved),
+            "module": spec.get("module") if isinstance(spec, dict) and spec else
+            (legacy[0] if legacy else None)}
+
+
+def _usable(path: Path) -> dict | None:
     try:
-        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:  # noqa: BLE001 - any failure means the file is not a usable checkpoint
-        return False
-    return True
+        return inspect(path, str(path))
+    except UserError as exc:
+        log.warning("framelab: skipping %s", exc)
+        return None
 
 
-def best_in(directory: Path) -> Path | None:
-    """`checkpoints/last.ckpt` of a run directory, or its newest readable other checkpoint."""
+def best_in(directory: Path) -> tuple[Path, dict] | None:
+    """(`checkpoints/last.ckpt` of a run directory, or its newest usable other checkpoint, what
+    `inspect` says of it)."""
     folder = directory / "checkpoints"
     if not folder.is_dir():
         return None
     last = folder / "last.ckpt"
-    if last.exists() and readable(last):
-        return last
+    found = _usable(last) if last.exists() else None
+    if found is not None:
+        return last, found
     others = sorted((p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"),
                     key=lambda p: p.stat().st_mtime, reverse=True)
     for candidate in others:
-        if readable(candidate):
-            if last.exists():
-                log.warning("framelab: %s is unreadable (truncated or corrupt); resuming from %s "
-                            "instead", last, candidate)
-            return candidate
-    if last.exists():
-        log.warning("framelab: %s is unreadable and no other checkpoint there is usable", last)
-    return None
-
-
-def find_last(run_dir: Path) -> Path | None:
-    siblings = sorted((p for p in run_dir.parent.iterdir() if p.is_dir() and p != run_dir),
-                      reverse=True) if run_dir.parent.is_dir() else []
-    for directory in [run_dir, *siblings]:
-        found = best_in(directory)
+        found = _usable(candidate)
         if found is not None:
-            return found
+            if last.exists():
+                log.warning("framelab: %s is unreadable or unsafe; resuming from %s instead", last,
+                            candidate)
+            return candidate, found
     return None
 
 
-def resolve_ckpt_path(value, run_dir: Path) -> str | None:
+def find_last(run_dir: Path) -> tuple[Path, dict] | None:
+    """The current run directory's checkpoint (resume in place), else the newest by its own
+    recorded save time, then step, among the other run directories of this experiment (their
+    names -- timestamps, slurm-<id>, rendezvous ids -- say nothing of their age)."""
+    here = best_in(run_dir)
+    if here is not None:
+        return here
+    siblings = [p for p in run_dir.parent.iterdir() if p.is_dir() and p != run_dir] \
+        if run_dir.parent.is_dir() else []
+    found = [f for f in map(best_in, siblings) if f is not None]
+    return max(found, key=lambda f: (f[1]["saved_at"], f[1]["step"])) if found else None
+
+
+def resolve_ckpt_path(value, run_dir: Path, module: str | None = None) -> str | None:
+    """The checkpoint `ckpt_path=value` names, checked: readable, safe, and written by `module`
+    (the LightningModule of this run) when the checkpoint says which wrote it."""
     if value in (None, ""):
         return None
     if value == "last":
         found = find_last(Path(run_dir))
         if found is None:
-            raise UserError(f"ckpt_path=last: no complete checkpoints/last.ckpt under "
-                            f"{Path(run_dir).parent}; train first, or pass a .ckpt path")
-        return str(found)
-    path = Path(str(value))
-    if not path.exists():
-        raise UserError(f"ckpt_path={value}: no such file; give an existing .ckpt or `last`")
-    if not readable(path):
-        raise UserError(f"ckpt_path={value}: the file cannot be read as a checkpoint (truncated "
-                        "or corrupt); pass another checkpoint, or `last` to pick a complete one")
+            raise UserError(f"ckpt_path=last: no complete checkpoints/last.ckpt (nor other usable "
+                            f"checkpoint) under {Path(run_dir).parent}; train first, or pass a "
+                            ".ckpt path")
+        path, info = found
+        log.warning("ckpt_path=last: %s (step %d, saved %s)", path, info["step"],
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["saved_at"])))
+    else:
+        path = Path(str(value))
+        if not path.exists():
+            raise UserError(f"ckpt_path={value}: no such file; give an existing .ckpt or `last`")
+        info = inspect(path, f"ckpt_path={value}")
+    if module and info["module"] not in (None, module):
+        raise UserError(f"ckpt_path={value}: {path} was written by {info['module']}, but this run "
+                        f"is a {module}; give a checkpoint of the same experiment")
     return str(path)
 
 
@@ -132,11 +179,7 @@ def read_weights(path: str | Path, where: str) -> dict:
     if not path.is_file():
         raise UserError(f"{where}={path}: no such file; give a checkpoint (.ckpt) of `framelab fit` "
                         "or the output of `framelab convert`")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is not a checkpoint
-        raise UserError(f"{where}={path}: cannot be read as a checkpoint ({type(exc).__name__}); "
-                        "it is truncated or not a torch checkpoint") from exc
+    ckpt = load_torch(path, f"{where}={path}")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UserError(f"{where}={path}: no 'state_dict' entry; give a checkpoint of `framelab fit`")
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}

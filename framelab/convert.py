@@ -24,12 +24,13 @@ beside `checkpoints/`, or `--data-config`). The output is a video-LLM checkpoint
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import torch
 
-from framelab.errors import UserError
+from framelab.errors import UserError, check_writable
 from framelab.models.attention import GroupedQueryAttention, MultiHeadLatentAttention
 from framelab.models.config import ModelConfig
 
@@ -170,13 +171,12 @@ def collect_inputs(model, batches, max_tokens: int = 8192) -> list[torch.Tensor]
 
 
 def calibration_batches(data_config: Path, n: int) -> list[dict]:
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    from framelab.run_folder import load_datamodule
 
     if not data_config.is_file():
         raise UserError(f"calibration data: no run config at {data_config}; pass --data-config "
                         "RUN/config.yaml or --calib-batches 0")
-    dm = instantiate(OmegaConf.load(data_config).data, _convert_="all")
+    dm = load_datamodule(data_config, "--data-config")
     dm.prepare_data()
     dm.setup("fit")
     it = iter(dm.train_dataloader())
@@ -204,9 +204,11 @@ def convert_checkpoint(ckpt_path: str, out: str, rank: int, r: int, method: str 
     new_cfg = convert_model(model.lm, rank, r, method, acts)
     model.config = new_cfg
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tmp = Path(out).with_name(f".{Path(out).name}.tmp-{os.getpid()}")
     torch.save({"state_dict": state, "converted_from": str(ckpt_path),
                 MODEL_KEY: {"module": "VideoLLMModule", "config": new_cfg.to_dict(),
-                            "tokens": tokens}}, out)
+                            "tokens": tokens}}, tmp)
+    os.replace(tmp, out)
     return new_cfg.to_dict()
 
 
@@ -228,6 +230,7 @@ def main(argv: list[str]) -> int:
     try:
         if args.rank < 1:
             raise UserError(f"--rank {args.rank}: must be >= 1")
+        check_writable(Path(args.out).absolute().parent, f"--out {args.out}")
         cfg = convert_checkpoint(args.ckpt, args.out, args.rank, args.rope_dims, args.method,
                                  args.calib_batches, args.data_config)
     except UserError as exc:

@@ -8,6 +8,7 @@ Trainer are instantiated from the config, the resolved config is written to the 
 """
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from framelab.errors import UserError
 
 log = logging.getLogger("framelab")
+WRITE_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 # flags that belong to Hydra itself and take a value
 HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "--config-name", "-cn",
                      "--config-dir", "-cd", "--experimental-rerun"}
@@ -45,6 +47,7 @@ def run_verb(verb: str, args: list[str]) -> int:
         if not {"-h", "--help", "--hydra-help", "--info"} & set(flags):
             cfg = check(overrides)
             overrides += shared_run_dir(cfg, overrides, flags)
+            check_outputs(cfg, overrides, flags)
         directory = str(config_dir())
     except UserError as exc:
         print(f"framelab: error: {exc}", file=sys.stderr)
@@ -58,6 +61,12 @@ def run_verb(verb: str, args: list[str]) -> int:
         except UserError as exc:
             print(f"framelab: error: {exc}", file=sys.stderr)
             sys.exit(2)
+        except OSError as exc:  # a folder that became unwritable or full mid-run (e.g. the cache)
+            if exc.errno not in WRITE_ERRORS or not exc.filename:
+                raise
+            print(f"framelab: error: cannot write {exc.filename} ({exc.strerror}); free space or "
+                  "give folders you can write to (hydra.run.dir, FRAMELAB_CACHE)", file=sys.stderr)
+            sys.exit(2)
 
     saved = sys.argv
     # argv[0] stays the program, so Lightning can re-launch this command for its DDP ranks
@@ -69,6 +78,27 @@ def run_verb(verb: str, args: list[str]) -> int:
     finally:
         sys.argv = saved
     return 0
+
+
+def check_outputs(cfg, overrides: list[str], flags: list[str]) -> None:
+    """Where the run writes -- its run directory and the data cache -- must be writable, and a
+    GPU trainer needs a GPU: each is one line before Hydra starts (which would otherwise fail in
+    a traceback creating the directory)."""
+    from framelab.errors import check_writable
+
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+    if given and not {"-m", "--multirun"} & set(flags):
+        check_writable(given[-1], "hydra.run.dir")
+    else:
+        check_writable(cfg.paths.root, "paths.root (where run directories are made)")
+    check_writable(cfg.paths.cache_dir, "paths.cache_dir (FRAMELAB_CACHE, generated data)")
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"trainer.accelerator={accelerator} but this machine has no usable "
+                            "CUDA GPU; use trainer=cpu (or trainer=default, which picks what exists)")
 
 
 def shared_run_dir(cfg, overrides: list[str], flags: list[str]) -> list[str]:
@@ -98,16 +128,26 @@ def resolve_precision(value: str, accelerator: str) -> str:
     return "bf16-mixed" if on_gpu else "32-true"
 
 
-def _instantiate_dict(group) -> list:
+def build(node, where: str, **kwargs):
+    """`hydra.utils.instantiate`, except that a UserError raised while building stays one line
+    (Hydra wraps it in a multi-line InstantiationException)."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    return [instantiate(c, _convert_="all") for c in (group or {}).values() if c is not None and "_target_" in c]
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, TypeError) and "argument" in str(cause):
+            raise UserError(f"{where}: {cause}; check the keys of the {where} config") from None
+        raise
 
 
 def execute(verb: str, cfg):
     import lightning as L
     from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import instantiate
     from lightning.pytorch.utilities.model_helpers import is_overridden
     from omegaconf import OmegaConf
 
@@ -124,18 +164,22 @@ def execute(verb: str, cfg):
     except ValueError as exc:
         raise UserError(str(exc)) from exc
 
-    datamodule = instantiate(cfg.data, _convert_="all")
-    module = instantiate(cfg.module, _convert_="all")
+    datamodule = build(cfg.data, "data")
+    module = build(cfg.module, "module")
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "auto"),
                                                  trainer_cfg.get("accelerator", "auto"))
-    loggers = _instantiate_dict(cfg.get("logger"))
-    trainer = instantiate(trainer_cfg, callbacks=_instantiate_dict(cfg.get("callbacks")),
-                          logger=loggers or False, default_root_dir=str(run_dir),
-                          plugins=[AtomicCheckpointIO()])
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    callbacks = [build(c, "callbacks") for c in (cfg.get("callbacks") or {}).values()
+                 if c and "_target_" in c]
+    trainer = build(trainer_cfg, "trainer", callbacks=callbacks, logger=loggers or False,
+                    default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()])
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir, type(module).__name__)
     if ckpt_path:
         log.warning("resuming from %s", ckpt_path)
+    elif verb != "fit" and not getattr(module, "init_from", None):
+        log.warning("framelab: %s without ckpt_path: the weights are untrained (random); pass "
+                    "ckpt_path=last or a .ckpt", verb)
     log.warning("run directory: %s", run_dir)
     if verb == "fit":
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -29,25 +29,21 @@ IN_DOMAIN_CLASSES = sorted(class_id(s, c) for s, c in IN_DOMAIN_PAIRS)
 def load_run(ckpt: str | Path, use_ema: bool = True):
     """(SARGenModule in eval mode with the EMA weights if present and the run's datamodule
     attached for decoding, that datamodule)."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
+    from framelab.checkpoints import inspect
     from framelab.lightning_modules.sar import SARGenModule
+    from framelab.run_folder import load_datamodule
+    from framelab.safe_load import load_torch
 
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise UserError(f"checkpoint {ckpt} not found; give a .ckpt of `framelab fit experiment=sar`")
-    config = ckpt.parent.parent / "config.yaml"
-    if not config.is_file():
-        raise UserError(f"{config} not found: the checkpoint must sit in <run dir>/checkpoints/ "
-                        "beside its run's config.yaml (the datamodule's tokenizer is needed)")
-    module = SARGenModule.load_from_checkpoint(ckpt, map_location="cpu")
+    inspect(ckpt, f"--ckpt {ckpt}")
+    datamodule = load_datamodule(ckpt.parent.parent / "config.yaml", f"--ckpt {ckpt}")
+    module = SARGenModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     if use_ema:
-        shadow = ema_state(torch.load(ckpt, map_location="cpu", weights_only=False))
+        shadow = ema_state(load_torch(ckpt, f"--ckpt {ckpt}"))
         if shadow is not None:
             module.load_state_dict(shadow)
-    data_cfg = OmegaConf.load(config).data
-    datamodule = instantiate(data_cfg, _convert_="all")
     datamodule.setup("predict")
     module.attach_datamodule(datamodule)
     return module.eval(), datamodule

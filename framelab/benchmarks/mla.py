@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from framelab.benchmarks._common import machine, print_table, timeit, write_json
+from framelab.errors import UserError
 from framelab.models import DecoderLM, preset
 
 CONTEXTS = (1024, 4096, 16384)
@@ -157,6 +158,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--recover-steps", type=int, default=100)
     p.add_argument("overrides", nargs="*", help="config overrides for the validate/fit runs")
     args = p.parse_args(argv)
+    if args.ckpt:  # checked before minutes of timing and data generation
+        from framelab.checkpoints import read_weights
+
+        spec = read_weights(args.ckpt, "--ckpt")["spec"]
+        if spec["module"] not in (None, "VideoLLMModule"):
+            raise UserError(f"--ckpt {args.ckpt}: a {spec['module']} checkpoint; give a video-LLM "
+                            "checkpoint (experiment=videollm_sft)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = {"machine": machine(), **speed_table(args.contexts, args.batch, args.steps, device)}
     print(f"KV cache per token per layer: GQA {result['gqa_bytes_per_token_per_layer']} B, "

@@ -1,11 +1,15 @@
-"""Stop cleanly when the cluster says so: SIGTERM (preemption) and SIGUSR1 (SLURM's warning
-before the time limit).
+"""Stop cleanly when the cluster says so -- SIGTERM (preemption) and SIGUSR1 (SLURM's warning
+before the time limit) -- or when the data does (`DataStop`: too many unreadable samples).
 
 A signal only raises a flag. At the end of the current training step every rank learns whether
 any rank got one (one all-reduce per step), all stop together, `checkpoints/last.ckpt` is written
 with the state after that step, validation is skipped, and the process exits 0.
 `framelab fit ... ckpt_path=last` continues. Under SLURM, rank 0 requeues the job after SIGUSR1
 when `requeue` is on, so the requeued job resumes by itself.
+
+A `DataStop` is raised on every rank at the same batch, before that batch trains; `last.ckpt` is
+written with the state after the last trained step, so repairing the shards (or raising
+`data.max_skip_rate`) and resuming with `ckpt_path=last` loses no step.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from framelab.errors import DataStop
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,16 @@ class PreemptionCallback(Callback):
             if isinstance(cb, ModelCheckpoint) and cb.dirpath:
                 return Path(cb.dirpath) / "last.ckpt"
         return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        self.on_train_end(trainer, pl_module)  # restore the signal handlers
+        if not isinstance(exception, DataStop) or trainer.state.fn != "fit" or not trainer.global_step:
+            return
+        path = self._last_path(trainer)
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            log.warning("framelab: the data stopped the run after step %d; saved %s; resume with "
+                        "ckpt_path=last once the shards are repaired", trainer.global_step, path)
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         for sig, previous in self._previous.items():

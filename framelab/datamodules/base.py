@@ -65,7 +65,9 @@ class StreamingDataModule(L.LightningDataModule):
         self._sets: dict[str, ShardSet | None] = {}
         self._logged_skips = 0
         if data_dir is None and not self.tasks:
-            raise UserError("datamodule needs either data_dir (real shards) or tasks (embedded world)")
+            raise UserError("data.data_dir is not set and data.tasks is empty: give data.data_dir=FOLDER "
+                            "(shards written by `framelab data pack`), or world tasks, e.g. "
+                            "data.tasks=[describe]")
         unknown = [s for s in self.test_splits if s not in SPLITS]
         if unknown:
             raise UserError(f"test_splits {unknown} unknown; choose from {list(SPLITS)}")

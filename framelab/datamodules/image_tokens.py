@@ -3,7 +3,8 @@
 
 The image tokenizer is a PatchVQ fitted once on the training images and saved with the data
 (`<train shards>/vq-<K>-p<p>-<size>.npz` for the embedded world, `<cache_dir>/vq-<hash>...npz` for
-real shards), or a pretrained one given by `vq_path` (+ `vq_factory` for other kinds).
+real shards), or a pretrained PatchVQ given by `vq_path` (another kind: a subclass that sets
+`image_tokenizer`; no file can name code to run).
 Batch: tokens (B, h*w) long, row-major grid; labels (B,) long class ids (annotation meta.label);
 sample_ids. A step whose samples on this rank are all corrupt yields B = 0.
 """
@@ -70,7 +71,11 @@ class ImageTokenDataModule(StreamingDataModule):
         if data_dir is not None and num_classes is None:
             raise UserError("data.num_classes is required with data_dir (real images): the largest label + 1")
         self.image_size, self.vq_patch, self.codebook_size_wanted = image_size, vq_patch, codebook_size
-        self.vq_path, self.vq_factory = vq_path, vq_factory
+        if vq_factory is not None:  # accepted as null only, so configs of earlier runs still load
+            raise UserError(f"data.vq_factory={vq_factory!r}: framelab no longer imports a callable "
+                            "named by a config; give a PatchVQ .npz as vq_path, or subclass "
+                            "ImageTokenDataModule to build another tokenizer")
+        self.vq_path = vq_path
         self.fit_samples, self.fit_iters, self.batch_size = fit_samples, fit_iters, batch_size
         self.num_classes = NUM_CLASSES if num_classes is None else int(num_classes)
         self.image_tokenizer = None
@@ -108,7 +113,7 @@ class ImageTokenDataModule(StreamingDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.image_tokenizer is None:
             if self.vq_path is not None:
-                self.image_tokenizer = load_image_tokenizer(self.vq_path, self.vq_factory)
+                self.image_tokenizer = load_image_tokenizer(self.vq_path)
             else:
                 if not self._vq_file().is_file():
                     self._fit(self._vq_file())

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from framelab.datamodules.stream import SampleStream, per_rank
-from framelab.errors import UserError
+from framelab.errors import DataStop
 
 _GROUPS: dict[int, object] = {}
 
@@ -170,7 +170,7 @@ class LockstepLoader:
         if rate > self.max_skip_rate:
             reasons = ", ".join(f"{r} {n}" for r, n in st.reasons.most_common())
             shards = ", ".join(f"{s} ({n})" for s, n in st.shards.most_common(5))
-            raise UserError(f"data: {st.skipped} of {st.seen} samples skipped ({rate:.1%} > max_skip_rate "
+            raise DataStop(f"data: {st.skipped} of {st.seen} samples skipped ({rate:.1%} > max_skip_rate "
                             f"{self.max_skip_rate:.1%}); reasons: {reasons}; shards: {shards}; "
                             "repair or remove these shards, or raise max_skip_rate")
 

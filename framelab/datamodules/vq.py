@@ -2,14 +2,13 @@
 
 `PatchVQ` is the one framelab fits on its own data: k-means over non-overlapping p x p RGB
 patches (Lloyd iterations from distinct data patches; empty clusters re-seeded with the worst-fit
-patches), saved as an .npz with the data. Any object with the same four members can replace it
-(`load_image_tokenizer`): `codebook_size`, `patch` (pixels per token side), `encode(images uint8
+patches), saved as an .npz with the data and read back by `load_image_tokenizer` (arrays only).
+A subclass of ImageTokenDataModule may use any object with the same four members: `codebook_size`, `patch` (pixels per token side), `encode(images uint8
 (N, H, W, 3)) -> int64 (N, H/p * W/p)` row-major, `decode(tokens (N, h*w), grid (h, w)) -> float32
 tensor (N, 3, h*p, w*p) in [0, 1]`.
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -111,17 +110,8 @@ class PatchVQ:
                             "'codebook' (K, p*p*3) and 'patch'") from None
 
 
-def load_image_tokenizer(path: str, factory: str | None = None):
-    """A PatchVQ .npz, or `factory` ("package.module:callable") called with `path`, returning an
-    object with codebook_size, patch, encode and decode (see the module docstring)."""
-    if factory:
-        module, _, name = factory.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"image tokenizer factory {factory!r} not importable ({e}); "
-                            "expected 'package.module:callable'") from None
-        return fn(path)
+def load_image_tokenizer(path: str):
+    """A PatchVQ .npz (arrays only: nothing in the file can run code)."""
     if not Path(path).is_file():
-        raise UserError(f"image tokenizer {path} not found; give a PatchVQ .npz or set vq_factory")
+        raise UserError(f"image tokenizer {path} not found; give a PatchVQ .npz (vq_path)")
     return PatchVQ.load(path)

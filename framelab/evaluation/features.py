@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from framelab.safe_load import load_torch
 from framelab.world.tasks import images as images_task
 from framelab.world.vocab import NUM_CLASSES
 
@@ -109,7 +110,7 @@ def load_or_train(cache_dir: str | Path = "data_cache", size: int = 32, **kwargs
     path = Path(cache_dir) / f"sar-features-{size}px-{hashlib.sha1(key.encode()).hexdigest()[:8]}.pt"
     net = ShapeClassifier()
     if path.is_file():
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        net.load_state_dict(load_torch(path, f"feature classifier cache {path}"))
         return net.eval()
     log.warning("training the feature classifier for image metrics once (%s)", path)
     net, acc = train_classifier(size, **kwargs)

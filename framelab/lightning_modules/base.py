@@ -172,12 +172,25 @@ class FramelabModule(L.LightningModule):
         checkpoint[checkpoints.MODEL_KEY] = spec
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        spec = checkpoints.model_spec(checkpoint, "checkpoint")
+        if spec["module"] not in (None, type(self).__name__):
+            raise UserError(f"checkpoint: written by {spec['module']}, but this run trains a "
+                            f"{type(self).__name__}; give a checkpoint of the same experiment")
         if self.model is None:
-            spec = checkpoints.model_spec(checkpoint, "checkpoint")
-            if spec["module"] not in (None, type(self).__name__):
-                raise UserError(f"checkpoint: written by {spec['module']}, but this run trains a "
-                                f"{type(self).__name__}; give a checkpoint of the same experiment")
             self.install(spec)
+            return
+        theirs = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items()
+                  if k.startswith("model.")}
+        ours = {k: tuple(v.shape) for k, v in self.state_dict().items() if k.startswith("model.")}
+        wrong = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        if wrong:
+            mine = self.model_spec["config"]
+            differ = [f"{k} {spec['config'][k]!r} vs {mine[k]!r}" for k in sorted(mine)
+                      if k in spec["config"] and spec["config"][k] != mine[k]][:4]
+            raise UserError(f"checkpoint: its model does not fit this run's ({wrong[0]}: "
+                            f"{theirs.get(wrong[0])} vs {ours.get(wrong[0])}"
+                            f"{'; ' + ', '.join(differ) if differ else ''}; checkpoint vs config); "
+                            "give a checkpoint of the same experiment and model")
 
     def set_rope_theta(self, theta: float) -> None:
         """Change the rotary base of the model's LM (the short-to-long curriculum's option)."""
