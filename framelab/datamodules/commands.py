@@ -5,6 +5,7 @@
     framelab data synth --task all --out DIR ...       (one sub-folder per task)
     framelab data pack --videos DIR --annotations FILE.jsonl --out DIR [--fps 2] [--max-frames 64]
                        [--size 224] [--format jpg] [--samples-per-shard 256] [--max-bad-fraction 0.1]
+                       [--record-timeout 120]
     framelab data info DIR                              (summary of a shard folder's manifest)
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from framelab.errors import UserError
+from framelab.errors import UserError, check_writable
 from framelab.world.scene import SPLITS
 from framelab.world.tasks import TASKS
 
@@ -55,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--max-bad-fraction", type=float, default=0.1,
                    help="exit with status 1 when more than this fraction of records is skipped")
     k.add_argument("--split", default="train", help="split name recorded in the manifest")
+    k.add_argument("--record-timeout", type=float, default=120.0,
+                   help="seconds one record's video may take to decode before it is skipped as "
+                        "'timeout' (0 = no limit)")
     k.add_argument("--no-progress", action="store_true")
     i = sub.add_parser("info", help="summarise a shard folder")
     i.add_argument("folder")
@@ -67,6 +71,7 @@ def _synth(a) -> int:
     if a.param and len(tasks) > 1:
         raise UserError("--param applies to one task; run `framelab data synth --task NAME --param ...` per task")
     splits = SPLITS if a.split == "all" else (a.split,)
+    check_writable(a.out, "--out")
     for task in tasks:
         for split in splits:
             out = Path(a.out)
@@ -86,7 +91,8 @@ def _pack(a) -> int:
     from framelab.datamodules.pack import PackOptions, pack
     opts = PackOptions(fps=a.fps, max_frames=a.max_frames, size=a.size, frames_format=a.format,
                        samples_per_shard=a.samples_per_shard, max_bad_fraction=a.max_bad_fraction,
-                       split=a.split, progress=not a.no_progress)
+                       split=a.split, progress=not a.no_progress, record_timeout=a.record_timeout)
+    check_writable(a.out, "--out")
     report = pack(a.videos, a.annotations, a.out, opts)
     print(report.summary())
     if report.bad_fraction > a.max_bad_fraction:
@@ -102,7 +108,8 @@ def _info(a) -> int:
     if m is None:
         raise UserError(f"{a.folder} has no manifest.json; give a folder written by `framelab data synth` or `pack`")
     shown = {k: v for k, v in m.items() if k != "shards"}
-    shown["shards"] = [f"{s['name']} ({len(s['samples'])} samples, {s['bytes']} bytes)" for s in m["shards"]]
+    shown["shards"] = [f"{s['name']} ({len(s['samples'])} samples, {s.get('bytes', '?')} bytes)"
+                       for s in m["shards"]]
     print(json.dumps(shown, indent=1))
     return 0
 

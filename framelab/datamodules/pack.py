@@ -7,11 +7,13 @@ Annotations are JSONL (or a JSON list), one record per sample, in either style:
   "videos": ["rel/path.mp4"]} (or "images").
 Media paths are relative to --videos; a path may be a video file, an image, or a folder of frames.
 Records that cannot be used are skipped and counted per reason (malformed, missing_file,
-undecodable); the report names the first few offenders of each reason and is also written to
-OUT/pack_report.json.
+undecodable, timeout: decoding took longer than --record-timeout); the report names the first few
+offenders of each reason and is also written to OUT/pack_report.json. An annotation file without
+any record, or options out of range, are a UserError.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter, defaultdict
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from framelab.datamodules.media import MediaError, load_media
+from framelab.datamodules.media import DecodeTimeout, MediaError, load_media, time_limit
 from framelab.datamodules.shards import ShardWriter, encode_frames, shard_entry, write_manifest
 from framelab.errors import UserError
 
@@ -39,6 +41,21 @@ class PackOptions:
     split: str = "train"
     progress: bool = True
     examples: int = 5       # offenders named per reason
+    record_timeout: float = 120.0   # seconds one record's media may take to decode (0: no limit)
+
+    def check(self) -> None:
+        """A UserError naming the first option out of range."""
+        rules = [("--fps", self.fps, self.fps > 0, "a number > 0"),
+                 ("--max-frames", self.max_frames, self.max_frames >= 1, "an integer >= 1"),
+                 ("--size", self.size, self.size >= 0, "an integer >= 0 (0 keeps the size)"),
+                 ("--samples-per-shard", self.samples_per_shard, self.samples_per_shard >= 1, "an integer >= 1"),
+                 ("--max-bad-fraction", self.max_bad_fraction, 0 <= self.max_bad_fraction <= 1,
+                  "a fraction in [0, 1]"),
+                 ("--record-timeout", self.record_timeout, self.record_timeout >= 0,
+                  "seconds >= 0 (0: no limit)")]
+        for flag, value, ok, expected in rules:
+            if not ok:
+                raise UserError(f"{flag} {value}: expected {expected}")
 
 
 @dataclass
@@ -73,22 +90,25 @@ class Malformed(Exception):
 
 
 def read_records(path: Path):
-    """(line number, record dict or Malformed) for each record of a JSONL or JSON-list file."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e}); give JSONL or a JSON list of records") from None
-        yield from ((i + 1, r) for i, r in enumerate(records))
-        return
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield i, json.loads(line)
-        except json.JSONDecodeError as e:
-            yield i, Malformed(f"bad JSON: {e.msg}")
+    """(line number, record dict or Malformed) for each record of a JSONL or JSON-list file (JSONL
+    is read line by line, so its size does not matter)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        head = f.read(4096)
+        if path.suffix == ".json" and head.lstrip().startswith("["):
+            try:
+                records = json.loads(head + f.read())
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path} is not valid JSON ({e}); give JSONL or a JSON list of records") from None
+            yield from ((i + 1, r) for i, r in enumerate(records))
+            return
+        f.seek(0)
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield i, Malformed(f"bad JSON: {e.msg}")
 
 
 def normalise(record) -> tuple[str | None, str, list]:
@@ -135,20 +155,31 @@ def pack(videos: str, annotations: str, out: str, opts: PackOptions) -> PackRepo
         raise UserError(f"--videos {videos_dir} is not a folder; give the folder the annotation paths are relative to")
     if not ann_path.is_file():
         raise UserError(f"--annotations {ann_path} not found; give a JSONL file of conversation records")
+    opts.check()
+    records = read_records(ann_path)
+    first = next(records, None)
+    if first is None:
+        raise UserError(f"--annotations {ann_path} holds no records; give a JSONL file with one "
+                        "conversation record per line (or a .json list of them)")
     root.mkdir(parents=True, exist_ok=True)
     report, used, entries = PackReport(), set(), []
     writer, shard = None, 0
-    for line, record in tqdm(read_records(ann_path), desc="pack", unit="record", disable=not opts.progress):
+    for line, record in tqdm(itertools.chain([first], records), desc="pack", unit="record",
+                             disable=not opts.progress):
         report.total += 1
         try:
             rid, media, conv = normalise(record)
-            clip = load_media(videos_dir / media, opts.fps, opts.max_frames, opts.size)
+            with time_limit(opts.record_timeout):
+                clip = load_media(videos_dir / media, opts.fps, opts.max_frames, opts.size)
         except Malformed as e:
             report.skip("malformed", f"line {line}: {e}", opts.examples)
             continue
         except MediaError as e:
             report.skip(e.reason, f"line {line}: {media}" + (f" ({e.detail[:120]})" if e.reason != "missing_file" else ""),
                         opts.examples)
+            continue
+        except DecodeTimeout as e:
+            report.skip("timeout", f"line {line}: {media} ({e})", opts.examples)
             continue
         key = _key(rid, line, used)
         ann = {"key": key, "task": record.get("task", "real"), "split": opts.split, "source": media,
@@ -161,11 +192,11 @@ def pack(videos: str, annotations: str, out: str, opts: PackOptions) -> PackRepo
         report.written += 1
         if writer.count == opts.samples_per_shard:
             writer.close()
-            entries.append(shard_entry(writer.path, root))
+            entries.append(shard_entry(writer, root))
             writer, shard = None, shard + 1
     if writer is not None:
         writer.close()
-        entries.append(shard_entry(writer.path, root))
+        entries.append(shard_entry(writer, root))
     (root / "pack_report.json").write_text(json.dumps(report.as_dict(), indent=1))
     if report.written:
         write_manifest(root, {"created_by": "framelab data pack", "split": opts.split,

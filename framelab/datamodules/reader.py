@@ -3,12 +3,15 @@
 `ShardSet` concatenates the sample indexes of its folders (manifest order; or sorted *.tar names,
 scanned, when a folder has no manifest) into one global list, and reads any sample's members by
 seeking into its tar. Problems with one sample raise `SampleError(reason)`, which streams turn
-into counted skips; problems with the whole set (no shards at all) raise `UserError`.
+into counted skips -- among them `checksum`, bytes that differ from those written (when the
+manifest records members' CRC-32); problems with the whole set (no shards at all, an unusable
+manifest) raise `UserError`.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from framelab.datamodules.shards import read_manifest, scan_tar
@@ -27,7 +30,8 @@ class SampleError(Exception):
 class SampleRef:
     shard: int
     key: str
-    members: dict
+    members: dict                                  # ext -> [offset, size]
+    crc32: dict = field(default_factory=dict)      # ext -> CRC-32 as written (none: not checked)
 
 
 class ShardSet:
@@ -65,7 +69,7 @@ class ShardSet:
         for path, samples in entries:
             self.paths.append(path)
             shard = len(self.paths) - 1
-            self.refs.extend(SampleRef(shard, s["key"], s["members"]) for s in samples)
+            self.refs.extend(SampleRef(shard, s["key"], s["members"], s.get("crc32", {})) for s in samples)
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -74,34 +78,41 @@ class ShardSet:
         return str(self.paths[self.refs[i].shard])
 
     def _file(self, shard: int):
+        """(open file, its size) of a shard."""
         if self._pid != os.getpid():  # forked into a worker: never share file offsets
             self._files, self._pid = {}, os.getpid()
-        f = self._files.get(shard)
-        if f is None:
+        opened = self._files.get(shard)
+        if opened is None:
             try:
                 f = open(self.paths[shard], "rb")
             except OSError as e:
                 raise SampleError("missing_shard", str(e)) from None
-            self._files[shard] = f
-        return f
+            opened = self._files[shard] = (f, os.fstat(f.fileno()).st_size)
+        return opened
 
     def read(self, i: int, exts=None) -> dict[str, bytes]:
         """Members {ext: bytes} of sample i (only `exts` when given)."""
         ref = self.refs[i]
-        f = self._file(ref.shard)
+        f, file_size = self._file(ref.shard)
         out = {}
         for ext, (offset, size) in ref.members.items():
             if exts is not None and ext not in exts:
                 continue
+            where = f"{ext} of {ref.key} in {self.paths[ref.shard]}"
+            if offset + size > file_size:
+                raise SampleError("truncated", where)
             f.seek(offset)
             data = f.read(size)
             if len(data) != size:
-                raise SampleError("truncated", f"{ext} of {ref.key} in {self.paths[ref.shard]}")
+                raise SampleError("truncated", where)
+            crc = ref.crc32.get(ext)
+            if crc is not None and zlib.crc32(data) != crc:
+                raise SampleError("checksum", f"{where}: bytes differ from those written")
             out[ext] = data
         return out
 
     def close(self) -> None:
-        for f in self._files.values():
+        for f, _ in self._files.values():
             f.close()
         self._files = {}
 

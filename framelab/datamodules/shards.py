@@ -6,8 +6,10 @@ A sample is the group of consecutive tar members sharing a key (the name up to t
 `KEY.future.npy` or `KEY.gt.npz`. Any WebDataset reader can stream these shards.
 
 The index records, per sample, each member's byte offset and size inside its tar, so a sample can
-be read by seeking (what exact resume needs). `manifest.json` holds the index plus counts, seeds
-and recipe version; for tars without a manifest the index is rebuilt by scanning tar headers.
+be read by seeking (what exact resume needs), and the CRC-32 of each member's bytes as written, so
+bytes damaged later are caught when read. `manifest.json` holds the index plus counts, seeds and
+recipe version; for tars without a manifest the index is rebuilt by scanning tar headers (without
+checksums). Format 1 manifests (before checksums) are read as they are.
 """
 from __future__ import annotations
 
@@ -15,12 +17,15 @@ import io
 import json
 import os
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
+from framelab.errors import UserError
+
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: per-sample "crc32" {ext: CRC-32 of the member's bytes}
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -51,13 +56,15 @@ def encode_frames(frames: np.ndarray, fmt: str, prefix: str = "") -> dict[str, b
 
 
 class ShardWriter:
-    """Writes samples into one tar (deterministic headers: mtime 0, fixed owner)."""
+    """Writes samples into one tar (deterministic headers: mtime 0, fixed owner), noting the CRC-32
+    of every member it writes (`checksums[key][ext]`)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tar = tarfile.open(self.path, "w", format=tarfile.GNU_FORMAT)
         self.count = 0
+        self.checksums: dict[str, dict[str, int]] = {}
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
         if "." in key.rpartition("/")[2]:
@@ -67,6 +74,7 @@ class ShardWriter:
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             info.uname = info.gname = "framelab"
             self._tar.addfile(info, io.BytesIO(data))
+        self.checksums[key] = {ext: zlib.crc32(data) for ext, data in members.items()}
         self.count += 1
 
     def close(self) -> None:
@@ -103,11 +111,15 @@ def scan_tar(path: str | os.PathLike) -> tuple[list[dict], str | None]:
     return samples, error
 
 
-def shard_entry(path: Path, root: Path) -> dict:
-    """Manifest entry of one written shard: relative name, size in bytes, sample index."""
+def shard_entry(writer: ShardWriter, root: Path) -> dict:
+    """Manifest entry of one written (closed) shard: relative name, size in bytes, sample index
+    with the members' checksums."""
+    path = writer.path
     samples, error = scan_tar(path)
     if error:
         raise OSError(f"shard {path} unreadable right after writing: {error}")
+    for s in samples:
+        s["crc32"] = {ext: writer.checksums[s["key"]][ext] for ext in s["members"]}
     return {"name": str(path.relative_to(root)), "bytes": path.stat().st_size, "samples": samples}
 
 
@@ -121,8 +133,59 @@ def write_manifest(root: str | os.PathLike, manifest: dict) -> Path:
 
 
 def read_manifest(root: str | os.PathLike) -> dict | None:
-    """The manifest of a shard folder, or None when there is none."""
+    """The manifest of a shard folder, or None when there is none; one that cannot be used (not
+    JSON, or without a well-formed shard index) is a one-line UserError naming the file."""
     path = Path(root) / MANIFEST
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    remedy = ("; expected a manifest written by `framelab data synth` or `framelab data pack`: write "
+              "the folder again (a cached world set: delete the folder and it is generated again)")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except OSError as e:
+        raise UserError(f"{path} cannot be read ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}){remedy}") from None
+    problem = manifest_problem(manifest)
+    if problem:
+        raise UserError(f"{path}: {problem}{remedy}")
+    return manifest
+
+
+def manifest_problem(manifest) -> str | None:
+    """What makes a manifest's shard index unusable, or None when it is fine."""
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        return "no 'shards' list"
+    for i, shard in enumerate(shards):
+        where = f"shards[{i}]"
+        if not isinstance(shard, dict) or not isinstance(shard.get("name"), str):
+            return f"{where} has no 'name'"
+        name = Path(shard["name"])
+        if name.is_absolute() or ".." in name.parts:
+            return f"{where}.name {shard['name']!r} is not a path inside the folder"
+        if not isinstance(shard.get("samples"), list):
+            return f"{where} has no 'samples' list"
+        for j, sample in enumerate(shard["samples"]):
+            problem = _sample_problem(sample)
+            if problem:
+                return f"{where}.samples[{j}] {problem}"
+    return None
+
+
+def _sample_problem(sample) -> str | None:
+    if not isinstance(sample, dict) or not isinstance(sample.get("key"), str):
+        return "has no 'key'"
+    members = sample.get("members")
+    if not isinstance(members, dict):
+        return "has no 'members' object"
+    for ext, span in members.items():
+        if not (isinstance(span, list) and len(span) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in span)):
+            return f"member {ext!r} is not [offset, size] (two non-negative integers)"
+    sums = sample.get("crc32", {})
+    if not isinstance(sums, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in sums.values()):
+        return "has a 'crc32' that is not {member: integer}"
+    return None

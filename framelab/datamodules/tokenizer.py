@@ -11,7 +11,7 @@ trained once per (world recipe, tokenizer version, vocabulary size) and cached a
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from itertools import product
 from pathlib import Path
 
@@ -101,8 +101,13 @@ def ensure_tokenizer(cache_dir: str | os.PathLike, tokenizer_path: str | None = 
     path = folder / "tokenizer.json"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
-        train_world_tokenizer(vocab_size).save(tmp)
-        os.replace(tmp, path)  # atomic: concurrent ranks never see a half-written file
+        # a fresh name the library creates itself, so the file gets the usual mode (0o666 less the
+        # umask: a shared cache stays readable), then renamed into place atomically (concurrent
+        # ranks never see a half-written file)
+        tmp = folder / f"tokenizer.json.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            train_world_tokenizer(vocab_size).save(str(tmp))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return load_tokenizer(path)
