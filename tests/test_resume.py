@@ -160,10 +160,13 @@ PAPER = {
             "trainer.val_check_interval=5", "trainer.limit_val_batches=1",
             "callbacks.model_checkpoint.every_n_train_steps=3", "callbacks.sample_images.every_n_steps=1000",
             "trainer.enable_progress_bar=false", "data.batch_size=8"],
-    # tiny video LLM: packed video-text rows, curriculum callback
+    # tiny video LLM: packed video-text rows, curriculum callback switching from the vision stage
+    # to SFT at step 6 (the run is interrupted after step 3 and resumed across the switch)
     "videollm_sft": ["experiment=videollm_sft", "logger=csv", "trainer.log_every_n_steps=1",
                      "trainer.val_check_interval=5", "trainer.limit_val_batches=1",
                      "callbacks.model_checkpoint.every_n_train_steps=3",
+                     "callbacks.curriculum.phases=[{step: 0, stage: vision, max_frames: 2, "
+                     "max_tokens: 3072}, {step: 6, stage: sft, max_frames: 4, max_tokens: 768}]",
                      "trainer.enable_progress_bar=false"],
 }
 

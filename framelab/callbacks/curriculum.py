@@ -12,6 +12,8 @@ absent key keeps the previous phase's value.
   the very batches of the uninterrupted one (tested). Other datamodules get `set_max_frames(n)` /
   `set_max_tokens(n)` when a phase is entered (from the next fetched batch on); one without the
   setter a phase asks for is a one-line error.
+- `stage` -> `pl_module.set_stage(stage)` when the phase is entered (VideoLLMModule: e.g. the
+  vision stage, then sft, in one run).
 - `rope_theta` -> `pl_module.set_rope_theta(theta)` (FramelabModule: its model's LM), at the end
   of the step before the phase (InternVideo3 does not publish a per-phase RoPE base; it is an
   option here, off unless given).
@@ -28,7 +30,7 @@ from lightning.pytorch.callbacks import Callback
 
 from framelab.errors import UserError
 
-KEYS = ("max_frames", "max_tokens", "rope_theta")
+KEYS = ("max_frames", "max_tokens", "rope_theta", "stage")
 
 
 class ShortToLongCurriculum(Callback):
@@ -84,6 +86,11 @@ class ShortToLongCurriculum(Callback):
                 raise UserError(f"curriculum phase {index} sets max_tokens but {type(dm).__name__} "
                                 "has no set_max_tokens(n); drop max_tokens from the phases")
             dm.set_max_tokens(int(phase["max_tokens"]))
+        if phase["stage"] is not None:
+            if not hasattr(pl_module, "set_stage"):
+                raise UserError(f"curriculum phase {index} sets stage but {type(pl_module).__name__} "
+                                "has no stages; drop stage from the phases")
+            pl_module.set_stage(str(phase["stage"]))
         if phase["rope_theta"] is not None:
             if not hasattr(pl_module, "set_rope_theta"):
                 raise UserError(f"curriculum phase {index} sets rope_theta but "
@@ -115,7 +122,7 @@ class ShortToLongCurriculum(Callback):
         phase = self.phases[self.current]
         pl_module.log("curriculum/phase", float(self.current))
         for key in KEYS:
-            if phase[key] is not None:
+            if phase[key] is not None and key != "stage":
                 pl_module.log(f"curriculum/{key}", float(phase[key]))
 
     def state_dict(self) -> dict:

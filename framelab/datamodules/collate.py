@@ -47,8 +47,11 @@ def batch_size_plan(batch_size: int):
 
 
 def _common(items: list) -> dict:
-    return {"sample_ids": [it["_key"] for it in items], "meta": [it["meta"] for it in items],
-            "videos": [it["video"] for it in items if it["video"] is not None]}  # None: text-only
+    out = {"sample_ids": [it["_key"] for it in items], "meta": [it["meta"] for it in items],
+           "videos": [it["video"] for it in items if it["video"] is not None]}  # None: text-only
+    if items and "vision_labels" in items[0]:
+        out["vision_labels"] = [it.get("vision_labels") for it in items if it["video"] is not None]
+    return out
 
 
 def collate_packed(items: list, pad_id: int, pad_to_multiple_of: int = 0) -> dict:

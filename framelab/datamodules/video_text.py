@@ -11,7 +11,9 @@ attention_mask (B, S) when not packed; cu_seqlens (n_docs + 1,) int32 when packe
 pad_to_multiple_of the padding is one extra trailing document); videos: list of float32 (T, 3, H, W)
 in [0, 1], T even, in order of their vision blocks (text-only samples -- annotation num_frames 0,
 no media placeholder -- have none); future_videos when load_future; sample_ids;
-meta (task, answer, choices, spans, ... per sample). A sample too long for max_tokens even at
+meta (task, answer, choices, spans, ... per sample); with perception_labels, vision_labels: per
+video the dense ground-truth labels of its tokens (`perception_labels.clip_labels`; None for a
+sample without ground truth), for the vision stage. A sample too long for max_tokens even at
 2 frames is skipped as "too_long"; otherwise its frames are reduced until it fits.
 
 The budgets live in shared memory: `set_max_frames(n)` and `set_max_tokens(n)` (e.g. from a
@@ -28,6 +30,7 @@ from framelab.datamodules.base import StreamingDataModule, plain
 from framelab.datamodules.chat import ChatEncoder, vision_tokens
 from framelab.datamodules.collate import batch_size_plan, collate_packed, collate_padded, token_budget_plan
 from framelab.datamodules.decode import SAMPLING, FrameSource, annotation, frame_member, select_frames, to_tensor
+from framelab.datamodules.perception_labels import clip_labels
 from framelab.datamodules.reader import SampleError
 from framelab.datamodules.special_tokens import PAD, special_token_ids
 from framelab.datamodules.tokenizer import ensure_tokenizer
@@ -38,14 +41,16 @@ class VideoTransform:
     """Worker-side: shard members -> tokenized item (see module docstring)."""
 
     def __init__(self, encoder: ChatEncoder, size: tuple[int, int], patch: int, sampling: str,
-                 sample_fps: float, budget: torch.Tensor, pack: bool, load_future: bool):
+                 sample_fps: float, budget: torch.Tensor, pack: bool, load_future: bool,
+                 perception: bool = False):
         self.encoder, self.size, self.patch = encoder, size, patch
         self.sampling, self.sample_fps, self.budget_tensor = sampling, sample_fps, budget
-        self.pack, self.load_future = pack, load_future
+        self.pack, self.load_future, self.perception = pack, load_future, perception
 
     def wants(self, ext: str) -> bool:
         """Members read per sample: the annotation, the frames (and future frames when loaded)."""
-        return ext == "json" or frame_member(ext) or (self.load_future and frame_member(ext, "future."))
+        return (ext == "json" or frame_member(ext) or (self.load_future and frame_member(ext, "future."))
+                or (self.perception and ext == "gt.npz"))
 
     def budget(self) -> tuple[int, int]:
         """(max frames, max tokens per packed row; 0 when not packing) in force now."""
@@ -75,11 +80,16 @@ class VideoTransform:
                 raise SampleError("too_long", f"{base} text tokens leave no room for 2 frames")
             limit = min(limit, fit)
         index = select_frames(source.count, self.sampling, limit, ann.get("fps"), self.sample_fps)
-        video = to_tensor(source.get(index), self.size)
+        frames = source.get(index)
+        video = to_tensor(frames, self.size)
         ids, labels = self.encoder.fill_vision(ids, labels, [vision_tokens(len(index), *self.size, self.patch)])
         meta["frame_indices"] = index
         item = {"input_ids": np.asarray(ids, np.int32), "labels": np.asarray(labels, np.int32),
                 "video": video, "num_tokens": len(ids), "meta": meta}
+        if self.perception:  # only clips stored at the model's resolution: upscaled shapes blur
+            native = tuple(frames.shape[1:3]) == tuple(self.size)
+            item["vision_labels"] = clip_labels(members.get("gt.npz"), meta.get("objects"), index,
+                                                self.size, self.patch) if native else None
         if self.load_future:
             try:
                 future = FrameSource(members, "future.")
@@ -115,7 +125,7 @@ class VideoTextDataModule(StreamingDataModule):
                  max_tokens: int = 2048, max_samples_per_pack: int = 0, pad_to_multiple_of: int = 0,
                  batch_size: int = 4, load_future: bool = False, num_workers: int = 0, seed: int = 0,
                  shuffle: bool = True, max_skip_rate: float = 0.05, skip_check_after: int = 64,
-                 weights: dict | None = None):
+                 weights: dict | None = None, perception_labels: bool = False):
         super().__init__(tasks=tasks, task_params=task_params, weights=weights,
                          samples=samples if samples is not None else {"train": 512, "val": 64, "test": 64, "ood": 64},
                          shards=shards, data_dir=data_dir, cache_dir=cache_dir, test_splits=test_splits,
@@ -134,6 +144,7 @@ class VideoTextDataModule(StreamingDataModule):
         self.pad_to_multiple_of, self.batch_size, self.load_future = pad_to_multiple_of, batch_size, load_future
         self.tokenizer_path, self.tokenizer_vocab_size = tokenizer_path, tokenizer_vocab_size
         self.system_prompt = system_prompt
+        self.perception_labels = perception_labels
         self._budget = torch.tensor([max_frames, max_tokens], dtype=torch.int64).share_memory_()
         self._initial_budget = (max_frames, max_tokens)
         self._schedule: list[dict] | None = None
@@ -210,7 +221,8 @@ class VideoTextDataModule(StreamingDataModule):
     def _transform(self, split: str) -> VideoTransform:
         self.setup()
         return VideoTransform(self.encoder, self.image_size, self.patch_size, self.frame_sampling,
-                              self.sample_fps, self._budget, self.pack, self.load_future)
+                              self.sample_fps, self._budget, self.pack, self.load_future,
+                              self.perception_labels)
 
     def _plan(self, train: bool):
         if self.pack:

@@ -7,6 +7,15 @@
 - stage `sft` (short-to-long SFT): loss on assistant tokens only (the datamodule's labels), or,
   with `prompt_loss_weight` w > 0, also on the prompt's text tokens at w times a reply token's
   weight (the loss is the weighted mean over both).
+- stage `vision` (the vision stage, before the other two): the tower and projector learn to
+  perceive from the world's ground truth -- per-token colour, shape and motion heads on the tower
+  and projector outputs and a count head (`framelab.models.perception`); the LM is not run. It
+  needs `data.perception_labels=true`. A stage of this module rather than a module of its own:
+  the tower and projector are this model's, trained on this datamodule's clips, so the curriculum
+  callback can switch `vision` -> `sft` within one run (`phases: [{step: 0, stage: vision}, ...]`)
+  and the default trains both in one command; `experiment=vision_pretrain` runs the stage alone,
+  and `init_from` with `init_parts=[vision, projector]` carries it into any other run.
+  With `perception_weight` w > 0, cpt and sft add w times the perception loss.
 - `freeze`: {vision, projector, lm}: frozen parts get no gradient and no optimiser state.
 - `init_from=CKPT`: start from another run's weights (a `framelab fit` checkpoint or the output of
   `framelab convert mla`) — weights only; the optimiser, schedule and step start fresh (resuming a
@@ -36,8 +45,9 @@ from framelab.kernels import linear_cross_entropy
 from framelab.lightning_modules.base import FramelabModule, build_model_config
 from framelab.models.config import ModelConfig
 from framelab.models.multimodal import MultimodalLM
+from framelab.models.perception import PerceptionHeads, perception_loss
 
-STAGES = ("cpt", "sft")
+STAGES = ("vision", "cpt", "sft")
 PARTS = ("vision", "projector", "lm")
 SHAPE_KEYS = ("kv_lora_rank", "qk_rope_dim")
 
@@ -46,7 +56,7 @@ class VideoLLMModule(FramelabModule):
     def __init__(self, model: dict, stage: str = "sft", freeze: dict | None = None,
                  init_from: str | None = None, init_parts: list[str] | None = None,
                  evaluation: dict | None = None, loss_chunk_size: int = 4096,
-                 prompt_loss_weight: float = 0.0,
+                 prompt_loss_weight: float = 0.0, perception_weight: float = 0.0,
                  optim: dict | None = None, scheduler: dict | None = None,
                  vision: dict | None = None):
         """`vision` is read only from checkpoints written before the vision tower's config moved
@@ -72,6 +82,8 @@ class VideoLLMModule(FramelabModule):
             raise UserError(f"module.prompt_loss_weight={prompt_loss_weight}: expected a weight in "
                             "[0, 1] (a prompt token's loss relative to a reply token's; 0: replies only)")
         self.prompt_loss_weight = float(prompt_loss_weight)
+        self.perception_weight = float(perception_weight)
+        self.perception: PerceptionHeads | None = None
         self.tokens: dict[str, int] = {}
         self.tokenizer = None
         self.evaluator: VideoQAEvaluator | None = None
@@ -114,7 +126,21 @@ class VideoLLMModule(FramelabModule):
     def build_model(self, spec: dict) -> MultimodalLM:
         self.config, self.tokens = ModelConfig.from_dict(spec["config"]), dict(spec["tokens"])
         self.evaluator = VideoQAEvaluator(self.tokens, self.tokenizer, self.eval_cfg)
+        dm = self.current_datamodule()
+        if getattr(dm, "perception_labels", False):  # the heads exist when their labels do
+            self.perception = PerceptionHeads(self.config)
+        elif self.stage == "vision" or self.perception_weight > 0:
+            raise UserError("module.stage=vision and module.perception_weight need the ground-truth "
+                            "labels: set data.perception_labels=true (embedded world data)")
         return MultimodalLM(self.config, self.tokens[VIDEO_PAD])
+
+    def set_stage(self, stage: str) -> None:
+        """Switch the training stage (the curriculum's `stage` key)."""
+        if stage not in STAGES:
+            raise UserError(f"stage {stage!r}; choose one of {', '.join(STAGES)}")
+        if stage == "vision" and self.perception is None:
+            raise UserError("a vision stage needs data.perception_labels=true")
+        self.stage = stage
 
     def check_init_spec(self, theirs: dict) -> None:
         """Loading the LM: its shape keys must agree (one line naming the key to pass)."""
@@ -146,7 +172,26 @@ class VideoLLMModule(FramelabModule):
         return labels
 
     def compute_loss(self, batch):
-        return self.loss_and_hidden(batch)[:2]
+        if self.stage == "vision":
+            loss, _ = self.perception_terms(batch)
+            if data_parallel():  # the LM is not run: DDP still waits for its (zero) gradient
+                loss = loss + 0.0 * sum(p.sum() for p in self.model.lm.parameters() if p.requires_grad)
+            return loss, sum(int(v.shape[0]) for v in batch.get("videos") or [])
+        loss, n, _ = self.loss_and_hidden(batch)
+        if self.perception is not None and self.training:
+            if self.perception_weight > 0:
+                loss = loss + self.perception_weight * self.perception_terms(batch)[0]
+            elif data_parallel():  # unused heads still need a (zero) gradient under DDP
+                loss = loss + 0.0 * sum(p.sum() for p in self.perception.parameters())
+        return loss, n
+
+    def perception_terms(self, batch):
+        """The perception loss of a batch's videos (framelab.models.perception), logged by term."""
+        loss, terms = perception_loss(self.model.vision, self.model.projector, self.perception,
+                                      batch.get("videos") or [], batch.get("vision_labels") or [])
+        for name, value in terms.items():
+            self.log(f"train/perception/{name}", value)
+        return loss, terms
 
     def loss_and_hidden(self, batch):
         """(loss, loss tokens, hidden states) of a batch."""

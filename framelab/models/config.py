@@ -23,6 +23,7 @@ class VisionConfig:
     channels: int = 3
     rope_theta: float = 10000.0
     attn_scope: str = "frame"  # "frame": attention within each tubelet time step; "video": all
+    stem: str = "linear"     # patch embedding: "linear" (ViT, Qwen-VL) | "conv" (two 3x3 convs first)
     norm_eps: float = 1e-6
     # per-channel pixel normalisation, (x - mean) / std on [0, 1] pixels (an image processor's
     # image_mean / image_std). 0.5 / 0.5 maps to [-1, 1]; the world experiments use the world's
@@ -36,6 +37,8 @@ class VisionConfig:
                 self.pixel_std) <= 0:
             raise ValueError(f"vision pixel_mean {list(self.pixel_mean)} / pixel_std "
                              f"{list(self.pixel_std)}: expected {self.channels} values each, std > 0")
+        if self.stem not in ("linear", "conv"):
+            raise ValueError(f"vision stem {self.stem!r}: expected linear or conv")
 
 
 @dataclass
@@ -120,7 +123,7 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(),
     "tiny-video": ModelConfig(hidden=128, layers=4, heads=8, kv_heads=2, head_dim=16,
                               intermediate=384,
-                              vision=VisionConfig(width=64, depth=2, heads=2, patch_size=8,
+                              vision=VisionConfig(width=64, depth=2, heads=2, patch_size=8, stem="conv",
                                                   pixel_mean=(0.1, 0.1, 0.13),
                                                   pixel_std=(0.15, 0.15, 0.15))),
     "small": ModelConfig(vocab_size=4096, hidden=256, layers=4, heads=8, kv_heads=4, head_dim=32,

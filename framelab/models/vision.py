@@ -2,7 +2,9 @@
 
 A video (T, 3, H, W) of pixels in [0, 1] (normalised per channel here, `pixel_mean` / `pixel_std`)
 is cut into tubelets of temporal_patch × patch_size × patch_size pixels, embedded by one linear
-map (a Conv3d whose stride equals its kernel), encoded by pre-norm transformer blocks with 2D
+map (a Conv3d whose stride equals its kernel; `stem="linear"`, as ViT and Qwen-VL) or by two 3 × 3
+convolutions over each tubelet's pixels and then a linear map (`stem="conv"`: early convolutions,
+which let a small tower learn shapes several times faster), encoded by pre-norm transformer blocks with 2D
 rotary (h, w) positions, and merged `merge` × `merge` spatially by the projector (concatenate
 neighbours -> MLP -> LM width).
 A single image is a video of one frame, repeated to fill the temporal patch.
@@ -39,13 +41,35 @@ def video_token_count(frames: int, height: int, width: int, cfg: VisionConfig) -
     return t * h * w
 
 
+class ConvStem(nn.Module):
+    """Tubelet pixels (N, C * temporal_patch * p * p) -> (N, width) through two 3 × 3 convolutions
+    (the second with stride 2) over the p × p patch, frames stacked as channels."""
+
+    def __init__(self, cfg: VisionConfig, channels: int = 32):
+        super().__init__()
+        self.cin, self.p = cfg.channels * cfg.temporal_patch, cfg.patch_size
+        self.conv1 = nn.Conv2d(self.cin, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.act = nn.GELU()
+        self.proj = nn.Linear(channels * (-(-self.p // 2)) ** 2, cfg.width)
+
+    @property
+    def weight(self) -> torch.Tensor:  # its dtype is the tower's input dtype
+        return self.proj.weight
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        x = patches.reshape(-1, self.cin, self.p, self.p)
+        x = self.act(self.conv2(self.act(self.conv1(x))))
+        return self.proj(x.flatten(1)).reshape(*patches.shape[:-1], -1)
+
+
 class VisionEncoder(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.cfg = cfg
         head_dim = cfg.width // cfg.heads
         patch_dim = cfg.channels * cfg.temporal_patch * cfg.patch_size ** 2
-        self.patch_embed = nn.Linear(patch_dim, cfg.width)
+        self.patch_embed = nn.Linear(patch_dim, cfg.width) if cfg.stem == "linear" else ConvStem(cfg)
         self.blocks = nn.ModuleList(
             Block(cfg.width, cfg.heads, cfg.heads, head_dim, int(cfg.width * cfg.mlp_ratio),
                   cfg.norm_eps, qk_norm=False) for _ in range(cfg.depth))

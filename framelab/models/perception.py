@@ -1,0 +1,62 @@
+"""Perception heads: what the vision stage trains the tower and projector with.
+
+Real video encoders start from supervised or contrastive pretraining; framelab's embedded stand-in
+supervises every vision token with the world's exact ground truth (`datamodules.perception_labels`):
+linear heads read colour, shape and motion direction (or background) from
+- each token of the tower's output (before the merge; the data's patch cells when the tower
+  merges 2 x 2, the merged cells when it does not merge), and
+- each merged token of the projector's output -- what the LM will read, so colour, shape and
+  motion must survive the merge and the projector,
+and the number of objects from the mean of a clip's projector tokens. Colour has a background
+class and is trained on every token; shape and direction are trained on object tokens only, so
+the many background tokens do not drown them.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from framelab.models.config import ModelConfig
+
+ATTRIBUTES = {"colour": 9, "shape": 7, "direction": 6}  # ids of datamodules.perception_labels
+MAX_COUNT = 8
+
+
+class PerceptionHeads(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.tower = nn.ModuleDict({k: nn.Linear(config.vision.width, n) for k, n in ATTRIBUTES.items()})
+        self.merged = nn.ModuleDict({k: nn.Linear(config.hidden, n) for k, n in ATTRIBUTES.items()})
+        self.count = nn.Linear(config.hidden, MAX_COUNT + 1)
+
+
+def _attribute_losses(heads: nn.ModuleDict, x: torch.Tensor, labels: torch.Tensor) -> dict:
+    obj = labels[:, 0] != ATTRIBUTES["colour"] - 1
+    out = {"colour": F.cross_entropy(heads["colour"](x), labels[:, 0])}
+    for j, name in enumerate(("shape", "direction"), start=1):
+        out[name] = (F.cross_entropy(heads[name](x[obj]), labels[obj, j]) if obj.any()
+                     else x.sum() * 0.0)
+    return out
+
+
+def perception_loss(vision: nn.Module, projector: nn.Module, heads: PerceptionHeads,
+                    videos: list[torch.Tensor], labels: list[dict | None]) -> tuple[torch.Tensor, dict]:
+    """(loss, {name: value}) over the videos that have labels; the loss is the sum of the tower's
+    and the projector's attribute losses and the count loss (zero when no video has labels)."""
+    keep = [i for i, lab in enumerate(labels) if lab is not None]
+    if not keep:
+        zero = sum(p.sum() for p in heads.parameters()) * 0.0
+        return zero, {}
+    tokens = vision([videos[i] for i in keep])
+    merged = [projector(t) for t in tokens]
+    dev = merged[0].device
+    coarse = torch.cat([torch.as_tensor(labels[i]["tokens"]) for i in keep]).to(dev)
+    # the tower's own tokens: the data's patch cells when it merges 2 x 2, else the merged tokens
+    fine = coarse if vision.cfg.merge == 1 else torch.cat(
+        [torch.as_tensor(labels[i]["patches"]) for i in keep]).to(dev)
+    count = torch.tensor([min(labels[i]["count"], MAX_COUNT) for i in keep], device=dev)
+    terms = {f"tower_{k}": v for k, v in _attribute_losses(heads.tower, torch.cat(tokens), fine).items()}
+    terms |= {f"merged_{k}": v for k, v in _attribute_losses(heads.merged, torch.cat(merged), coarse).items()}
+    terms["count"] = F.cross_entropy(heads.count(torch.stack([m.mean(0) for m in merged])), count)
+    return sum(terms.values()), {k: float(v.detach()) for k, v in terms.items()}
