@@ -42,7 +42,7 @@ def load_datamodule(config: Path, where: str):
         raise UserError(f"{where}: {config} is not a run config with a `data` section "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
     targets = list(_targets(data))
-    bad = [(k, v) for k, v in targets if v not in DATAMODULES or k != "data._target_"]
+    bad = [(f"{k}._target_", v) for k, v in targets if v not in DATAMODULES or k != "data"]
     if bad or not targets:
         key, value = bad[0] if bad else ("data._target_", None)
         raise UserError(f"{where}: {config} names {key}={value!r}; a run config's data may only "

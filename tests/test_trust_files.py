@@ -130,6 +130,15 @@ def test_a_run_folder_config_cannot_name_code(tmp_path, data):
     assert not marker.exists()
 
 
+def test_a_run_folder_config_of_a_framelab_datamodule_builds(tmp_path):
+    from framelab.run_folder import load_datamodule
+
+    config = hostile_config(tmp_path / "run", tmp_path / "unused", (
+        "data:\n  _target_: framelab.datamodules.image_tokens.ImageTokenDataModule\n"
+        f"  cache_dir: {tmp_path / 'cache'}\n  image_size: 32\n"))
+    assert type(load_datamodule(config, "--ckpt")).__name__ == "ImageTokenDataModule"
+
+
 def test_an_image_tokenizer_factory_is_refused(tmp_path):
     from framelab.datamodules.image_tokens import ImageTokenDataModule
 
