@@ -34,6 +34,8 @@ def small_data(name: str, real_shards: Path) -> list[str]:
         out += ["data.fit_samples=32", "data.fit_iters=2", "data.codebook_size=16"]
     if "train_size" in data:
         out += ["data.train_size=64", "data.val_size=16"]
+    if composed(name).module.get("stage") == "opd":   # self-distillation: no teacher checkpoint
+        out += ["module.opd.teacher=null", "module.opd.teacher_prompt=answer"]
     return out
 
 

@@ -165,6 +165,7 @@ PAPER = {
     "videollm_sft": ["experiment=videollm_sft", "logger=csv", "trainer.log_every_n_steps=1",
                      "trainer.val_check_interval=5", "trainer.limit_val_batches=1",
                      "callbacks.model_checkpoint.every_n_train_steps=3",
+                     "data.samples={train:256,val:16,test:16,ood:0}",   # generated in a fresh cache
                      "callbacks.curriculum.phases=[{step: 0, stage: vision, max_frames: 2, "
                      "max_tokens: 3072}, {step: 6, stage: sft, max_frames: 4, max_tokens: 768}]",
                      "trainer.enable_progress_bar=false"],

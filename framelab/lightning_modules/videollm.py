@@ -40,25 +40,27 @@ from torch import nn
 
 from framelab.datamodules.special_tokens import IM_END, PAD, VIDEO_PAD
 from framelab.errors import UserError
-from framelab.evaluation.video_qa import VideoQAEvaluator, data_parallel, evaluation_config
+from framelab.evaluation.video_qa import (ANSWERED, VideoQAEvaluator, data_parallel,
+                                          evaluation_config)
 from framelab.kernels import linear_cross_entropy
 from framelab.lightning_modules.base import FramelabModule, build_model_config
+from framelab.lightning_modules.policy import POLICY_STAGES, PolicyStages
 from framelab.models.config import ModelConfig
 from framelab.models.multimodal import MultimodalLM
 from framelab.models.perception import PerceptionHeads, perception_loss
 
-STAGES = ("vision", "cpt", "sft")
+STAGES = ("vision", "cpt", "sft") + POLICY_STAGES
 PARTS = ("vision", "projector", "lm")
 SHAPE_KEYS = ("kv_lora_rank", "qk_rope_dim")
 
 
-class VideoLLMModule(FramelabModule):
+class VideoLLMModule(PolicyStages, FramelabModule):
     def __init__(self, model: dict, stage: str = "sft", freeze: dict | None = None,
                  init_from: str | None = None, init_parts: list[str] | None = None,
                  evaluation: dict | None = None, loss_chunk_size: int = 4096,
                  prompt_loss_weight: float = 0.0, perception_weight: float = 0.0,
                  optim: dict | None = None, scheduler: dict | None = None,
-                 vision: dict | None = None):
+                 rl: dict | None = None, opd: dict | None = None, vision: dict | None = None):
         """`vision` is read only from checkpoints written before the vision tower's config moved
         under `model.vision`; new configs set `model.vision`."""
         freeze = dict(freeze or {})
@@ -73,6 +75,7 @@ class VideoLLMModule(FramelabModule):
         if stage not in STAGES:
             raise UserError(f"module.stage={stage!r}; choose one of {', '.join(STAGES)}")
         self.stage = stage
+        self.init_policy(stage, rl, opd)
         self.model_cfg = dict(model)
         if vision:
             self.model_cfg["vision"] = {**dict(vision), **dict(self.model_cfg.get("vision") or {})}
@@ -140,6 +143,9 @@ class VideoLLMModule(FramelabModule):
             raise UserError(f"stage {stage!r}; choose one of {', '.join(STAGES)}")
         if stage == "vision" and self.perception is None:
             raise UserError("a vision stage needs data.perception_labels=true")
+        if (stage in POLICY_STAGES) != (self.stage in POLICY_STAGES):
+            raise UserError(f"the curriculum cannot switch stage {self.stage} -> {stage}: rl and opd "
+                            "optimise by hand; start them as their own run (init_from=CKPT)")
         self.stage = stage
 
     def check_init_spec(self, theirs: dict) -> None:
@@ -158,7 +164,7 @@ class VideoLLMModule(FramelabModule):
     # ---- loss -------------------------------------------------------------------------------
     def targets(self, batch) -> torch.Tensor:
         """Unshifted labels for this stage (-100 = no loss)."""
-        if self.stage == "sft":
+        if self.stage != "cpt":          # sft, and the replies rl / opd are evaluated on
             return batch["labels"]
         return self.text_targets(batch)
 
@@ -226,6 +232,46 @@ class VideoLLMModule(FramelabModule):
                                            chunk_size=self.loss_chunk_size)
         w = self.prompt_loss_weight * m
         return (loss * n + prompt_loss * w) / (n + w)
+
+    # ---- the policy stages (framelab.lightning_modules.policy) -------------------------------
+    def training_step(self, batch, batch_idx):
+        if self.stage in POLICY_STAGES:
+            return self.policy_training_step(batch, batch_idx)
+        return super().training_step(batch, batch_idx)
+
+    def prompt_documents(self, batch) -> list[dict]:
+        """The batch's questions with a ground truth to reward (multiple choice, open, "when")."""
+        return [d for d in self.evaluator.documents(batch) if d["meta"].get("format") in ANSWERED]
+
+    def decode_text(self, ids: list[int]) -> str:
+        return self.evaluator.decode(ids)
+
+    def stop_tokens(self) -> list[int]:
+        return [self.tokens[IM_END]]
+
+    def pad_id(self) -> int:
+        return self.tokens[PAD]
+
+    def teacher_prompt(self, doc: dict) -> list[int]:
+        """The teacher's prompt for a document: the student's (`opd.teacher_prompt=same`), or with
+        the reference reply written at the end of the question (`answer`)."""
+        prompt = doc["prompt"]
+        if self.opd_cfg["teacher_prompt"] == "same":
+            return prompt
+        if self.tokenizer is None:
+            raise UserError("module.opd.teacher_prompt=answer needs the datamodule's tokenizer")
+        hint = self.tokenizer.encode(f" Reference answer: {self.decode_text(doc['reference'])}",
+                                     add_special_tokens=False).ids
+        end = max(i for i, t in enumerate(prompt) if t == self.tokens[IM_END])
+        return prompt[:end] + hint + prompt[end:]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        self.save_policy_state(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.load_policy_state(checkpoint)
 
     # ---- evaluation (framelab.evaluation.VideoQAEvaluator) ---------------------------------
     def evaluate(self, batch, batch_idx: int, split: str):

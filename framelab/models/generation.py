@@ -14,7 +14,9 @@ the cache is allocated for prompt + `max_new_tokens` and a continuation grows it
 (`KVCache.update` reallocates when a write runs past its capacity). With `use_cache=False` every
 step re-runs the whole sequence (the reference the cache is tested against).
 
-Sampling: greedy (temperature 0), temperature, top-k, top-p (`sample_next`). A row stops at any of
+Sampling: greedy (temperature 0), temperature, top-k, top-p (`sample_next`); `suppress_tokens` are
+never sampled (their logits are -inf before sampling and before the log-probs: an RL rollout keeps
+the video placeholder out of its replies). A row stops at any of
 `stop_tokens` (kept in its output) or after `max_new_tokens`. The log-probability reported for a
 sampled token is the RL convention (TRL, verl): log-softmax of the logits divided by the sampling
 temperature (by 1 when greedy), before top-k / top-p filtering.
@@ -117,7 +119,7 @@ def generate_multimodal(model, prompts, videos, max_new_tokens: int, temperature
 def decode(model, prompts: list[list[int]], max_new_tokens: int, *, videos=None,
            temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
            stop_tokens=(), use_cache: bool = True, generator: torch.Generator | None = None,
-           step_hook: StepHook | None = None) -> Generation:
+           step_hook: StepHook | None = None, suppress_tokens=()) -> Generation:
     """Generate from a `DecoderLM` (text prompts) or a `MultimodalLM` (prompts, `videos[i]` row i's
     videos); returns tokens, their log-probs, stop flags and the state to continue from."""
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -126,7 +128,7 @@ def decode(model, prompts: list[list[int]], max_new_tokens: int, *, videos=None,
     return decode_embeddings(_language_model(model), embeds, positions, valid, max_new_tokens,
                              temperature=temperature, top_k=top_k, top_p=top_p,
                              stop_tokens=stop_tokens, use_cache=use_cache, generator=generator,
-                             step_hook=step_hook)
+                             step_hook=step_hook, suppress_tokens=suppress_tokens)
 
 
 @torch.no_grad()
@@ -134,7 +136,7 @@ def decode_embeddings(lm, embeds: torch.Tensor, positions: torch.Tensor, valid: 
                       max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
                       top_p: float | None = None, stop_tokens=(), use_cache: bool = True,
                       generator: torch.Generator | None = None,
-                      step_hook: StepHook | None = None) -> Generation:
+                      step_hook: StepHook | None = None, suppress_tokens=()) -> Generation:
     """Generate from a `DecoderLM` given left-padded input embeddings (B, S, D), their positions
     (B, S) or (3, B, S), and `valid` (B, S) marking the real slots (each row's last slot is)."""
     if not bool(valid[:, -1].all()):
@@ -147,7 +149,7 @@ def decode_embeddings(lm, embeds: torch.Tensor, positions: torch.Tensor, valid: 
         positions=None if use_cache else positions[..., :0])
     active = torch.ones(b, dtype=torch.bool, device=embeds.device)
     return _run(lm, state, embeds, positions, valid, active, max_new_tokens, temperature, top_k,
-                top_p, stop_tokens, generator, step_hook)
+                top_p, stop_tokens, generator, step_hook, suppress_tokens)
 
 
 @torch.no_grad()
@@ -155,7 +157,7 @@ def continue_generation(model, state: DecodeState, appended: list[list[int] | No
                         max_new_tokens: int, *, videos=None, temperature: float = 0.0,
                         top_k: int | None = None, top_p: float | None = None, stop_tokens=(),
                         generator: torch.Generator | None = None,
-                        step_hook: StepHook | None = None) -> Generation:
+                        step_hook: StepHook | None = None, suppress_tokens=()) -> Generation:
     """Decode on from `state` (a `Generation.state`, advanced in place): row i feeds its pending
     token, then `appended[i]` (with `videos[i]` at its placeholder runs, multimodal only), then
     samples up to `max_new_tokens` more; `appended[i] = None` leaves row i as it is."""
@@ -174,22 +176,26 @@ def continue_generation(model, state: DecodeState, appended: list[list[int] | No
     embeds, positions, valid = _left_pad(rows)
     active = torch.tensor([a is not None for a in appended], device=embeds.device)
     return _run(_language_model(model), state, embeds, positions, valid, active, max_new_tokens,
-                temperature, top_k, top_p, stop_tokens, generator, step_hook)
+                temperature, top_k, top_p, stop_tokens, generator, step_hook, suppress_tokens)
 
 
 # ---- the loop ------------------------------------------------------------------------------
 
 def _run(lm, state: DecodeState, embeds, positions, valid, active, max_new_tokens: int,
-         temperature, top_k, top_p, stop_tokens, generator, step_hook) -> Generation:
+         temperature, top_k, top_p, stop_tokens, generator, step_hook,
+         suppress_tokens=()) -> Generation:
     """Feed a left-padded chunk, then sample, record and feed one slot per step."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     stops = torch.tensor(sorted(set(stop_tokens)) or [-1], device=embeds.device)
+    suppress = torch.tensor(sorted(set(suppress_tokens)), dtype=torch.long, device=embeds.device)
     finished = torch.zeros_like(active)
     hidden = _feed(lm, state, embeds, positions, valid)
     tokens, logprobs = [], []
     for step in range(max_new_tokens):
         logits = lm.logits(hidden)
+        if len(suppress):
+            logits = logits.index_fill(-1, suppress, float("-inf"))
         tok = sample_next(logits, temperature, top_k, top_p, generator)
         scaled = logits.float() / (temperature if temperature > 0 else 1.0)
         logprobs.append(torch.log_softmax(scaled, -1).gather(-1, tok[:, None])[:, 0])
