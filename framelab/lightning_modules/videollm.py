@@ -1,4 +1,4 @@
-"""VideoLLMModule: InternVideo3's first two training stages over `MultimodalLM`.
+"""VideoLLMModule: InternVideo3's training stages over `MultimodalLM`.
 
 - stage `cpt` (continued pretraining): next-token loss on every text token of the interleaved
   video–text samples (vision placeholders, padding and the first token of each packed document are
@@ -16,6 +16,9 @@
   and the default trains both in one command; `experiment=vision_pretrain` runs the stage alone,
   and `init_from` with `init_parts=[vision, projector]` carries it into any other run.
   With `perception_weight` w > 0, cpt and sft add w times the perception loss.
+- stages `rl` (rule-based RL: GRPO / DAPO family) and `opd` (on-policy distillation), after SFT:
+  `PolicyStages` (framelab/lightning_modules/policy.py, docs/rl.md), settings `module.rl` and
+  `module.opd`; the prompts are the batch's questions, the rewards read their ground truth.
 - `freeze`: {vision, projector, lm}: frozen parts get no gradient and no optimiser state.
 - `init_from=CKPT`: start from another run's weights (a `framelab fit` checkpoint or the output of
   `framelab convert mla`) — weights only; the optimiser, schedule and step start fresh (resuming a
