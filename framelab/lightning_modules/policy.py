@@ -35,6 +35,7 @@ import torch
 
 from framelab import checkpoints
 from framelab.errors import UserError
+from framelab.evaluation.video_qa import data_parallel
 from framelab.rl.logprobs import completion_hidden, pack, token_logprobs
 from framelab.rl.losses import chunked_generalized_jsd, group_advantages, opd_advantages, policy_loss
 from framelab.rl.rewards import build_rewards
@@ -206,6 +207,9 @@ class PolicyStages:
                 part = ro.select(c)
                 part_adv = adv.reshape(-1, g)[c].flatten() if adv is not None else None
                 loss, stats = self.chunk_loss(part, part_adv, old.get(tuple(c)))
+                if data_parallel():   # parts the replies never reach (the vision tower on text
+                    # prompts) still owe DDP's reducer a (zero) gradient
+                    loss = loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
                 opt.zero_grad(set_to_none=True)
                 self.manual_backward(loss)
                 if cfg["max_grad_norm"]:
