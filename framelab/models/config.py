@@ -3,7 +3,14 @@
 `tiny` is for tests, `small` for CPU demos, `tiny-video` is the default video LLM of the world
 experiments (its vision tower normalises pixels with the world's own statistics, which centre its
 dark, uniform background near zero); the `qwen3-*` presets have the published shapes of the
-Qwen3 dense models (configs of Qwen/Qwen3-0.6B, -1.7B, -8B).
+Qwen3 dense models (configs of Qwen/Qwen3-0.6B, -1.7B, -8B); the `qwen3-vl-*` presets the shapes
+of Qwen3-VL-2B, -4B and -8B (vision flavour "qwen3_vl", see docs/qwen3_vl.md).
+
+Vision flavours (`VisionConfig.flavour`): "framelab" is the tower the world experiments train
+(RMSNorm + SwiGLU blocks, optional conv stem, projector without a norm); "qwen3_vl" is exactly the
+vision tower of transformers' `Qwen3VLForConditionalGeneration` (biased linear patch embedding,
+learned position table bilinearly resampled to each grid, LayerNorm + GELU-tanh blocks with a
+fused qkv, LayerNorm'd 2x2 merger, DeepStack mergers at `deepstack` layers).
 """
 from __future__ import annotations
 
@@ -30,9 +37,37 @@ class VisionConfig:
     # own statistics, which centre its dark, uniform background near zero
     pixel_mean: tuple = (0.5, 0.5, 0.5)
     pixel_std: tuple = (0.5, 0.5, 0.5)
+    flavour: str = "framelab"  # "framelab" | "qwen3_vl" (module docstring)
+    # qwen3_vl only: MLP width (None: width * mlp_ratio), size of the learned position table (a
+    # square, side sqrt(n)), and the tower layers whose outputs DeepStack adds to the first LM
+    # layers
+    intermediate: int | None = None
+    num_position_embeddings: int = 2304
+    deepstack: tuple = ()
+
+    @property
+    def mlp_width(self) -> int:
+        if self.intermediate is not None:
+            return self.intermediate
+        return int(self.width * self.mlp_ratio)
 
     def __post_init__(self):
         self.pixel_mean, self.pixel_std = tuple(self.pixel_mean), tuple(self.pixel_std)
+        self.deepstack = tuple(int(i) for i in self.deepstack)
+        if self.flavour not in ("framelab", "qwen3_vl"):
+            raise ValueError(f"vision flavour {self.flavour!r}: expected framelab or qwen3_vl")
+        if self.flavour == "framelab" and self.deepstack:
+            raise ValueError("vision deepstack layers need flavour qwen3_vl")
+        if self.flavour == "qwen3_vl":
+            side = int(round(self.num_position_embeddings ** 0.5))
+            if side * side != self.num_position_embeddings:
+                raise ValueError(f"vision num_position_embeddings={self.num_position_embeddings} "
+                                 "must be a square (the learned position grid)")
+            if self.stem != "linear" or self.attn_scope != "frame":
+                raise ValueError("vision flavour qwen3_vl has stem=linear and attn_scope=frame")
+            if any(not 0 <= i < self.depth for i in self.deepstack):
+                raise ValueError(f"vision deepstack layers {list(self.deepstack)} must lie in "
+                                 f"0..depth-1 ({self.depth - 1})")
         if len(self.pixel_mean) != self.channels or len(self.pixel_std) != self.channels or min(
                 self.pixel_std) <= 0:
             raise ValueError(f"vision pixel_mean {list(self.pixel_mean)} / pixel_std "
@@ -57,6 +92,9 @@ class ModelConfig:
     qk_norm: bool = True
     # multimodal rotary: frequency pairs given to (t, h, w); must sum to head_dim // 2
     mrope_section: tuple[int, int, int] | None = None
+    # False: each axis takes a contiguous block of frequency pairs (Qwen2-VL); True: pairs are
+    # dealt t, h, w, t, h, w, ... while each axis has some left (Qwen3-VL's interleaved M-RoPE)
+    mrope_interleaved: bool = False
     attention: str = "gqa"        # "gqa" (grouped-query) | "mla" (M²LA latent attention)
     # M²LA (attention="mla"); see framelab/models/attention.py. None = the default in brackets.
     kv_lora_rank: int | None = None   # latent width d_c cached per token [kv_heads * head_dim]
@@ -137,6 +175,26 @@ PRESETS: dict[str, ModelConfig] = {
     "qwen3-8b": ModelConfig(vocab_size=151936, hidden=4096, layers=36, heads=32, kv_heads=8,
                             head_dim=128, intermediate=12288, tie_embeddings=False,
                             mrope_section=(24, 20, 20), init_std=0.02),
+}
+
+
+def _qwen3_vl(hidden, layers, heads, intermediate, tie, vision_width, vision_depth,
+              vision_intermediate, deepstack) -> ModelConfig:
+    return ModelConfig(vocab_size=151936, hidden=hidden, layers=layers, heads=heads, kv_heads=8,
+                       head_dim=128, intermediate=intermediate, rope_theta=5_000_000.0,
+                       tie_embeddings=tie, mrope_section=(24, 20, 20), mrope_interleaved=True,
+                       max_position=262144, init_std=0.02,
+                       vision=VisionConfig(width=vision_width, depth=vision_depth, heads=16,
+                                           patch_size=16, temporal_patch=2, merge=2,
+                                           flavour="qwen3_vl", intermediate=vision_intermediate,
+                                           num_position_embeddings=2304, deepstack=deepstack))
+
+
+# Shapes of the Qwen3-VL Instruct checkpoints' config.json (Qwen/Qwen3-VL-2B/4B/8B-Instruct)
+PRESETS |= {
+    "qwen3-vl-2b": _qwen3_vl(2048, 28, 16, 6144, True, 1024, 24, 4096, (5, 11, 17)),
+    "qwen3-vl-4b": _qwen3_vl(2560, 36, 32, 9728, True, 1024, 24, 4096, (5, 11, 17)),
+    "qwen3-vl-8b": _qwen3_vl(4096, 36, 32, 12288, False, 1152, 27, 4304, (8, 16, 24)),
 }
 
 

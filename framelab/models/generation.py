@@ -55,6 +55,9 @@ class DecodeState:
     pending: torch.Tensor         # (B, D) each row's next input (its last sampled token), unfed
     inputs: torch.Tensor | None   # (B, S, D) every fed input, uncached path only
     positions: torch.Tensor | None  # (B, S) or (3, B, S) their positions, uncached path only
+    # DeepStack additions of every fed input, uncached path only: per layer (B, S, D), zeros at
+    # the non-visual slots (None while no input had any)
+    deepstack: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -124,11 +127,12 @@ def decode(model, prompts: list[list[int]], max_new_tokens: int, *, videos=None,
     videos); returns tokens, their log-probs, stop flags and the state to continue from."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    embeds, positions, valid = _left_pad(_embed_rows(model, prompts, videos))
+    embeds, positions, valid, deepstack = _left_pad(_embed_rows(model, prompts, videos))
     return decode_embeddings(_language_model(model), embeds, positions, valid, max_new_tokens,
                              temperature=temperature, top_k=top_k, top_p=top_p,
                              stop_tokens=stop_tokens, use_cache=use_cache, generator=generator,
-                             step_hook=step_hook, suppress_tokens=suppress_tokens)
+                             step_hook=step_hook, suppress_tokens=suppress_tokens,
+                             deepstack=deepstack)
 
 
 @torch.no_grad()
@@ -136,9 +140,11 @@ def decode_embeddings(lm, embeds: torch.Tensor, positions: torch.Tensor, valid: 
                       max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
                       top_p: float | None = None, stop_tokens=(), use_cache: bool = True,
                       generator: torch.Generator | None = None,
-                      step_hook: StepHook | None = None, suppress_tokens=()) -> Generation:
+                      step_hook: StepHook | None = None, suppress_tokens=(),
+                      deepstack=None) -> Generation:
     """Generate from a `DecoderLM` given left-padded input embeddings (B, S, D), their positions
-    (B, S) or (3, B, S), and `valid` (B, S) marking the real slots (each row's last slot is)."""
+    (B, S) or (3, B, S), and `valid` (B, S) marking the real slots (each row's last slot is);
+    `deepstack`: the inputs' DeepStack additions (mask (B, S), [features]) of a Qwen3-VL model."""
     if not bool(valid[:, -1].all()):
         raise ValueError("inputs must be left-padded: every row's last slot must be a real token")
     b, s, d = embeds.shape
@@ -149,7 +155,7 @@ def decode_embeddings(lm, embeds: torch.Tensor, positions: torch.Tensor, valid: 
         positions=None if use_cache else positions[..., :0])
     active = torch.ones(b, dtype=torch.bool, device=embeds.device)
     return _run(lm, state, embeds, positions, valid, active, max_new_tokens, temperature, top_k,
-                top_p, stop_tokens, generator, step_hook, suppress_tokens)
+                top_p, stop_tokens, generator, step_hook, suppress_tokens, deepstack)
 
 
 @torch.no_grad()
@@ -167,30 +173,34 @@ def continue_generation(model, state: DecodeState, appended: list[list[int] | No
     if all(a is None for a in appended):
         raise ValueError("continue at least one row (appended[i] = None leaves row i as it is)")
     rows = []
-    for i, (emb, pos) in enumerate(_embed_rows(model, [a or [] for a in appended], videos)):
+    for i, (emb, pos, ds) in enumerate(_embed_rows(model, [a or [] for a in appended], videos)):
         if appended[i] is None:
-            rows.append((emb[:0], pos[..., :0]))
+            rows.append((emb[:0], pos[..., :0], None))
             continue
         at = state.next_positions[..., i, None]           # the pending token's position
-        rows.append((torch.cat([state.pending[i, None], emb]), torch.cat([at, pos + at + 1], -1)))
-    embeds, positions, valid = _left_pad(rows)
+        if ds is not None:                                # the pending token is not visual
+            ds = (torch.cat([ds[0].new_zeros(1), ds[0]]), ds[1])
+        rows.append((torch.cat([state.pending[i, None], emb]), torch.cat([at, pos + at + 1], -1),
+                     ds))
+    embeds, positions, valid, deepstack = _left_pad(rows)
     active = torch.tensor([a is not None for a in appended], device=embeds.device)
     return _run(_language_model(model), state, embeds, positions, valid, active, max_new_tokens,
-                temperature, top_k, top_p, stop_tokens, generator, step_hook, suppress_tokens)
+                temperature, top_k, top_p, stop_tokens, generator, step_hook, suppress_tokens,
+                deepstack)
 
 
 # ---- the loop ------------------------------------------------------------------------------
 
 def _run(lm, state: DecodeState, embeds, positions, valid, active, max_new_tokens: int,
          temperature, top_k, top_p, stop_tokens, generator, step_hook,
-         suppress_tokens=()) -> Generation:
+         suppress_tokens=(), deepstack=None) -> Generation:
     """Feed a left-padded chunk, then sample, record and feed one slot per step."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     stops = torch.tensor(sorted(set(stop_tokens)) or [-1], device=embeds.device)
     suppress = torch.tensor(sorted(set(suppress_tokens)), dtype=torch.long, device=embeds.device)
     finished = torch.zeros_like(active)
-    hidden = _feed(lm, state, embeds, positions, valid)
+    hidden = _feed(lm, state, embeds, positions, valid, deepstack)
     tokens, logprobs = [], []
     for step in range(max_new_tokens):
         logits = lm.logits(hidden)
@@ -220,20 +230,41 @@ def _run(lm, state: DecodeState, embeds, positions, valid, active, max_new_token
                       finished=finished.tolist(), truncated=active.tolist(), state=state)
 
 
-def _feed(lm, state: DecodeState, embeds, positions, valid) -> torch.Tensor:
-    """Run new slots (B, q) through the model; return each row's last hidden state (B, D)."""
+def _feed(lm, state: DecodeState, embeds, positions, valid, deepstack=None) -> torch.Tensor:
+    """Run new slots (B, q) through the model (with their DeepStack additions (mask (B, q),
+    [features]) if any); return each row's last hidden state (B, D)."""
     state.valid = torch.cat([state.valid, valid], 1)
     if state.cache is None:       # uncached: re-run everything fed so far
+        deepstack = _dense_deepstack(state, embeds, deepstack)
         state.inputs = embeds = torch.cat([state.inputs, embeds], 1)
         state.positions = positions = torch.cat([state.positions, positions], -1)
     spec = AttentionSpec(causal=True, mask=_mask(state.valid, embeds.shape[1]))
     hidden = lm.hidden_states(inputs_embeds=embeds, positions=positions, spec=spec,
-                              cache=state.cache)
+                              cache=state.cache, deepstack=deepstack)
     last = positions[..., -1]
     if last.dim() == 2:           # multimodal: after a video the next slot follows its largest axis
         last = last.amax(0).expand_as(last)
     state.next_positions = torch.where(valid[:, -1], last + 1, state.next_positions)
     return hidden[:, -1]
+
+
+def _dense_deepstack(state: DecodeState, embeds, deepstack):
+    """Uncached path: append this chunk's DeepStack additions to the state's dense ones (zeros at
+    non-visual slots) and return them for the whole sequence as (all-True mask, [features])."""
+    if deepstack is None and state.deepstack is None:
+        return None
+    b, q, d = embeds.shape
+    chunk = None
+    if deepstack is not None:
+        mask, feats = deepstack
+        chunk = [embeds.new_zeros(b, q, d).index_put((mask,), f.to(embeds.dtype)) for f in feats]
+    if state.deepstack is None:
+        state.deepstack = [embeds.new_zeros(b, state.inputs.shape[1], d) for _ in chunk]
+    if chunk is None:
+        chunk = [embeds.new_zeros(b, q, d) for _ in state.deepstack]
+    state.deepstack = [torch.cat([old, new], 1) for old, new in zip(state.deepstack, chunk)]
+    everywhere = torch.ones(b, state.deepstack[0].shape[1], dtype=torch.bool, device=embeds.device)
+    return everywhere, [x.reshape(-1, d) for x in state.deepstack]
 
 
 def _mask(valid: torch.Tensor, queries: int) -> torch.Tensor:
@@ -252,36 +283,47 @@ def _language_model(model):
     return model.lm if isinstance(model, MultimodalLM) else model
 
 
-def _embed_rows(model, rows: list[list[int]], videos) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per row: input embeddings (n, D) and positions counted from 0, (n,) or (3, n)."""
+def _embed_rows(model, rows: list[list[int]], videos) -> list[tuple]:
+    """Per row: input embeddings (n, D), positions counted from 0, (n,) or (3, n), and the
+    DeepStack additions (mask (n,), [features]) of a Qwen3-VL row with vision, else None."""
     lm = _language_model(model)
     device = lm.output_weight.device
     if not isinstance(model, MultimodalLM):
         if videos is not None and any(videos):
             raise ValueError("a DecoderLM takes no videos; generate from a MultimodalLM")
         return [(lm.embed_tokens(torch.tensor(r, dtype=torch.long, device=device)),
-                 torch.arange(len(r), device=device)) for r in rows]
+                 torch.arange(len(r), device=device), None) for r in rows]
     videos = [[] for _ in rows] if videos is None else videos
     if len(videos) != len(rows):
         raise ValueError(f"videos has {len(videos)} rows, the prompts {len(rows)}")
     out = []
     for r, vids in zip(rows, videos):
         ids = torch.tensor([r], dtype=torch.long, device=device)
-        emb, pos = model.embed(ids, list(vids) or None)
-        out.append((emb[0], pos[:, 0]))
+        inputs = model.prepare(ids, list(vids) or None)
+        ds = inputs.deepstack
+        out.append((inputs.embeds[0], inputs.positions[:, 0],
+                    None if ds is None else (ds[0][0], ds[1])))
     return out
 
 
-def _left_pad(rows: list[tuple[torch.Tensor, torch.Tensor]]):
-    """Stack per-row (embeds (n, D), positions (..., n)) right-aligned: embeds (B, W, D),
-    positions (..., B, W) and valid (B, W); padding is zeros."""
-    emb0, pos0 = rows[0]
-    width = max(e.shape[0] for e, _ in rows)
+def _left_pad(rows: list[tuple]):
+    """Stack per-row (embeds (n, D), positions (..., n), deepstack or None) right-aligned:
+    embeds (B, W, D), positions (..., B, W), valid (B, W) (padding is zeros), and the DeepStack
+    additions (mask (B, W), [features in row-major order]) or None when no row has any."""
+    emb0, pos0, _ = rows[0]
+    width = max(e.shape[0] for e, _, _ in rows)
     embeds = emb0.new_zeros(len(rows), width, emb0.shape[-1])
     positions = pos0.new_zeros(*pos0.shape[:-1], len(rows), width)
     valid = torch.zeros(len(rows), width, dtype=torch.bool, device=emb0.device)
-    for i, (e, p) in enumerate(rows):
+    ds_mask = torch.zeros(len(rows), width, dtype=torch.bool, device=emb0.device)
+    ds_feats: list[list[torch.Tensor]] = []
+    for i, (e, p, ds) in enumerate(rows):
         n = e.shape[0]
         embeds[i, width - n:], positions[..., i, width - n:] = e, p
         valid[i, width - n:] = True
-    return embeds, positions, valid
+        if ds is not None:
+            ds_mask[i, width - n:] = ds[0]
+            ds_feats.append(ds[1])
+    if not ds_feats:
+        return embeds, positions, valid, None
+    return embeds, positions, valid, (ds_mask, [torch.cat(f) for f in zip(*ds_feats)])

@@ -2,7 +2,10 @@
 
 The `head_dim // 2` frequency pairs are split into contiguous sections, one per position axis
 (Qwen2-VL's M-RoPE layout): pair i takes its position from the axis whose section contains i.
-When every axis carries the same position (text tokens), this is exactly 1D rotary.
+With `interleaved=True` (Qwen3-VL) the pairs are instead dealt round-robin t, h, w, t, h, w, ...:
+pair i belongs to h when i % 3 == 1 and i < 3 * sections[1], to w when i % 3 == 2 and
+i < 3 * sections[2], and to t otherwise (transformers' `Qwen3VLTextRotaryEmbedding`).
+When every axis carries the same position (text tokens), either layout is exactly 1D rotary.
 Returns cos, sin of shape (B, S, head_dim // 2) for `framelab.kernels.apply_rotary`.
 """
 from __future__ import annotations
@@ -12,14 +15,24 @@ from torch import nn
 
 
 class RotaryEmbedding(nn.Module):
-    def __init__(self, head_dim: int, theta: float, sections: tuple[int, ...] | None = None):
+    def __init__(self, head_dim: int, theta: float, sections: tuple[int, ...] | None = None,
+                 interleaved: bool = False):
         super().__init__()
         half = head_dim // 2
         sections = tuple(sections) if sections else (half,)
         if sum(sections) != half:
             raise ValueError(f"rotary sections {sections} must sum to head_dim // 2 = {half}")
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        axis = torch.tensor([i for i, n in enumerate(sections) for _ in range(n)], dtype=torch.long)
+        if interleaved:
+            if len(sections) != 3:
+                raise ValueError(f"interleaved rotary needs 3 sections (t, h, w), got {sections}")
+            axis = torch.zeros(half, dtype=torch.long)
+            for ax in (1, 2):
+                axis[ax:3 * sections[ax]:3] = ax
+        else:
+            axis = torch.tensor([i for i, n in enumerate(sections) for _ in range(n)],
+                                dtype=torch.long)
+        self.interleaved = interleaved
         self.sections = sections
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("axis", axis, persistent=False)

@@ -71,7 +71,8 @@ class DecoderLM(nn.Module):
         self.norm = RMSNorm(config.hidden, config.norm_eps)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.hidden, config.vocab_size,
                                                                     bias=False)
-        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.mrope_section)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.mrope_section,
+                                      config.mrope_interleaved)
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -89,12 +90,17 @@ class DecoderLM(nn.Module):
         """Change the rotary base in place (short-to-long curricula may raise it per phase)."""
         cfg = self.config
         cfg.rope_theta = theta
-        self.rotary = RotaryEmbedding(cfg.head_dim, theta, cfg.mrope_section).to(
-            self.embed_tokens.weight.device)
+        self.rotary = RotaryEmbedding(cfg.head_dim, theta, cfg.mrope_section,
+                                      cfg.mrope_interleaved).to(self.embed_tokens.weight.device)
 
     def hidden_states(self, input_ids=None, inputs_embeds=None, positions=None,
-                      spec: AttentionSpec | None = None, cache: KVCache | None = None):
-        """Final-norm hidden states (B, S, hidden); the loss is computed from these."""
+                      spec: AttentionSpec | None = None, cache: KVCache | None = None,
+                      deepstack: tuple[torch.Tensor, list[torch.Tensor]] | None = None):
+        """Final-norm hidden states (B, S, hidden); the loss is computed from these.
+
+        `deepstack` = (mask (B, S) bool, [features (n, hidden)] * L): after layer i < L the
+        features of entry i are added to the hidden states at the n True positions of `mask`, in
+        row-major order (Qwen3-VL's DeepStack; transformers' `_deepstack_process`)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -105,8 +111,12 @@ class DecoderLM(nn.Module):
         if positions.dim() == 2 and len(self.rotary.sections) > 1:
             positions = positions.unsqueeze(0).expand(len(self.rotary.sections), b, s)
         cos, sin = self.rotary(positions)
+        adds = deepstack[1] if deepstack is not None else []
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, spec, cache, i)
+            if i < len(adds):
+                mask = deepstack[0]
+                x = x.index_put((mask,), x[mask] + adds[i].to(x.dtype))
         if cache is not None:
             cache.advance(s)
         return self.norm(x)
@@ -115,8 +125,9 @@ class DecoderLM(nn.Module):
         return hidden @ self.output_weight.t()
 
     def forward(self, input_ids=None, inputs_embeds=None, positions=None,
-                spec: AttentionSpec | None = None, cache: KVCache | None = None) -> LMOutput:
-        hidden = self.hidden_states(input_ids, inputs_embeds, positions, spec, cache)
+                spec: AttentionSpec | None = None, cache: KVCache | None = None,
+                deepstack=None) -> LMOutput:
+        hidden = self.hidden_states(input_ids, inputs_embeds, positions, spec, cache, deepstack)
         return LMOutput(logits=self.logits(hidden), hidden_states=hidden)
 
     def new_cache(self, capacity: int = 256) -> KVCache:

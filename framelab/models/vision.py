@@ -13,6 +13,12 @@ Token order of one video, after merging: (t, h, w) row-major over the merged gri
 (T / temporal_patch, H / patch / merge, W / patch / merge). `MultimodalLM` relies on it.
 With `attn_scope="frame"` tokens attend within their time step (cost linear in frames); with
 "video" across the whole video. Several videos are encoded as one packed row (cu_seqlens).
+
+`flavour="qwen3_vl"` (see `framelab.models.config`) swaps in Qwen3-VL's parts from
+`framelab.models.qwen3_vl`: a biased linear patch embedding, the learned position table added
+after it, LayerNorm/GELU-tanh blocks, no final norm (the merger norms instead); the same 2D rotary
+and token order. `encode_patches` takes already-cut patches (transformers' `pixel_values` and
+`grid_thw`) and also returns the DeepStack layers' outputs.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from torch import nn
 from framelab.kernels import AttentionSpec
 from framelab.models.config import VisionConfig
 from framelab.models.layers import RMSNorm
+from framelab.models.qwen3_vl import VisionBlock, position_table_taps
 from framelab.models.rope import RotaryEmbedding
 from framelab.models.transformer import Block
 
@@ -69,11 +76,24 @@ class VisionEncoder(nn.Module):
         self.cfg = cfg
         head_dim = cfg.width // cfg.heads
         patch_dim = cfg.channels * cfg.temporal_patch * cfg.patch_size ** 2
+        self.qwen3_vl = cfg.flavour == "qwen3_vl"
         self.patch_embed = nn.Linear(patch_dim, cfg.width) if cfg.stem == "linear" else ConvStem(cfg)
-        self.blocks = nn.ModuleList(
-            Block(cfg.width, cfg.heads, cfg.heads, head_dim, int(cfg.width * cfg.mlp_ratio),
-                  cfg.norm_eps, qk_norm=False) for _ in range(cfg.depth))
-        self.norm = RMSNorm(cfg.width, cfg.norm_eps)
+        if self.qwen3_vl:
+            self.pos_embed = nn.Embedding(cfg.num_position_embeddings, cfg.width)
+            self.blocks = nn.ModuleList(VisionBlock(cfg.width, cfg.heads, cfg.mlp_width,
+                                                    cfg.norm_eps) for _ in range(cfg.depth))
+            self.norm = nn.Identity()
+        else:
+            self.blocks = nn.ModuleList(
+                Block(cfg.width, cfg.heads, cfg.heads, head_dim, cfg.mlp_width, cfg.norm_eps,
+                      qk_norm=False) for _ in range(cfg.depth))
+            self.norm = RMSNorm(cfg.width, cfg.norm_eps)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """(Re)build the non-persistent buffers (pixel statistics, rotary frequencies), e.g. after
+        the module was built on the meta device."""
+        cfg, head_dim = self.cfg, self.cfg.width // self.cfg.heads
         # (C, 1, 1) for per-channel normalisation; not saved: the config is the source of truth
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(-1, 1, 1),
                              persistent=False)
@@ -86,6 +106,12 @@ class VisionEncoder(nn.Module):
         quarter = head_dim // 4
         per_axis = 1.0 / (cfg.rope_theta ** (torch.arange(quarter, dtype=torch.float32) / quarter))
         self.rotary.inv_freq.copy_(torch.cat([per_axis, per_axis]))
+
+    def patchify(self, video: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Pixels (T, C, H, W) in [0, 1] -> normalised patches (N, patch_dim) in merged order and
+        their grid (t, h, w) in patch units: transformers' `pixel_values` and `grid_thw` layout."""
+        x, _, _, t = self._tubelets(video)
+        return x, (t, video.shape[2] // self.cfg.patch_size, video.shape[3] // self.cfg.patch_size)
 
     def _tubelets(self, video: torch.Tensor):
         """(T, C, H, W) -> patches (N, patch_dim) in merged order, (h, w) positions, tokens/step."""
@@ -111,35 +137,67 @@ class VisionEncoder(nn.Module):
 
     def forward(self, videos: list[torch.Tensor]) -> list[torch.Tensor]:
         """Encode videos; returns per video (tokens, width) in merged order (before merging)."""
-        patches, positions, lengths = [], [], []
-        for video in videos:
-            x, pos, per_step, steps = self._tubelets(video)
-            patches.append(x)
-            positions.append(pos)
-            lengths += [per_step] * steps if self.cfg.attn_scope == "frame" else [per_step * steps]
+        patches, grids = zip(*(self.patchify(v) for v in videos))
+        out, _ = self.encode_patches(torch.cat(patches), list(grids))
+        return list(out.split([p.shape[0] for p in patches]))
+
+    def encode_patches(self, patches: torch.Tensor, grids: list[tuple[int, int, int]]):
+        """Patches (N, patch_dim) of several images/videos, concatenated, with their grids
+        (t, h, w) in patch units -> (tokens (N, width) before merging, [tokens after each
+        `cfg.deepstack` layer])."""
+        cfg, m = self.cfg, self.cfg.merge
+        positions, lengths = [], []
+        for t, h, w in grids:
+            if h % m or w % m:
+                raise ValueError(f"a grid of {h}x{w} patches does not tile into {m}x{m} merges")
+            hh = torch.arange(h).view(h // m, m)[:, None, :, None]
+            ww = torch.arange(w).view(w // m, m)[None, :, None, :]
+            hh, ww = torch.broadcast_tensors(hh, ww)
+            positions.append(torch.stack([hh.reshape(-1), ww.reshape(-1)]).repeat(1, t))
+            lengths += [h * w] * t if cfg.attn_scope == "frame" else [t * h * w]
+        if sum(lengths) != patches.shape[0]:
+            raise ValueError(f"{patches.shape[0]} patches but the grids {grids} hold "
+                             f"{sum(lengths)}")
         dtype = self.patch_embed.weight.dtype
-        x = self.patch_embed(torch.cat(patches).to(dtype)).unsqueeze(0)
-        pos = torch.cat(positions, dim=1).unsqueeze(1)  # (2, 1, N)
+        x = self.patch_embed(patches.to(dtype))
+        if self.qwen3_vl:
+            side = int(round(cfg.num_position_embeddings ** 0.5))
+            idx, wgt = position_table_taps(grids, side, m, x.device)
+            x = x + (self.pos_embed(idx) * wgt[..., None].to(x.dtype)).sum(1)
+        x = x.unsqueeze(0)
+        pos = torch.cat(positions, dim=1).unsqueeze(1).to(x.device)  # (2, 1, N)
         cos, sin = self.rotary(pos)
         cu = torch.tensor([0] + lengths, device=x.device).cumsum(0).to(torch.int32)
         spec = AttentionSpec(causal=False, cu_seqlens=cu, max_seqlen=max(lengths))
-        for block in self.blocks:
+        stack = []
+        for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, spec)
-        x = self.norm(x)[0]
-        return list(x.split([p.shape[0] for p in patches]))
+            if i in cfg.deepstack:
+                stack.append(x[0])
+        return self.norm(x)[0], stack
 
 
 class Projector(nn.Module):
-    """Concatenate each merge × merge group of vision tokens and map it into the LM width."""
+    """Concatenate each merge × merge group of vision tokens and map it into the LM width.
 
-    def __init__(self, cfg: VisionConfig, lm_hidden: int):
+    `norm`: None (framelab), "pre" (LayerNorm of each token before concatenating: Qwen3-VL's
+    merger) or "post" (LayerNorm of the concatenation: Qwen3-VL's DeepStack mergers)."""
+
+    def __init__(self, cfg: VisionConfig, lm_hidden: int, norm: str | None = None):
         super().__init__()
         self.group = cfg.merge ** 2
         merged = cfg.width * self.group
+        if norm is not None:
+            self.norm = nn.LayerNorm(cfg.width if norm == "pre" else merged, eps=cfg.norm_eps)
+        self.norm_at = norm
         self.fc1 = nn.Linear(merged, merged)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(merged, lm_hidden)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.norm_at == "pre":
+            tokens = self.norm(tokens)
         x = tokens.reshape(-1, tokens.shape[-1] * self.group)
+        if self.norm_at == "post":
+            x = self.norm(x)
         return self.fc2(self.act(self.fc1(x)))
