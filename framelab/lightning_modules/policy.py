@@ -118,7 +118,7 @@ class PolicyStages:
     def generator(self) -> torch.Generator:
         if self._generator is None:
             self._generator = torch.Generator(device=self.device)
-            self._generator.manual_seed(torch.initial_seed() * 1009 + self.global_rank)
+            self._generator.manual_seed((torch.initial_seed() * 1009 + self.global_rank) % 2**63)
             if self._generator_state is not None:
                 self._generator.set_state(self._generator_state)
         return self._generator

@@ -2,6 +2,7 @@
 resumes exactly after a SIGTERM (same rollouts, same losses), opd against the policy itself under
 the same prompt has nothing to learn, and bad settings are one line."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -70,6 +71,23 @@ def test_opd_from_itself_under_the_same_prompt_has_nothing_to_learn(tmp_path):
     assert set(metrics(tmp_path / "same", "train/rl/teacher_kl").values()) == {0.0}
     assert set(metrics(tmp_path / "same", "train/loss").values()) == {0.0}
     assert all(v < 1e-4 for v in metrics(tmp_path / "same", "train/rl/behaviour_logp_diff").values())
+    # `framelab bench passk` reads the run folder back: greedy, sampled and pass@G accuracy
+    ckpt, out = tmp_path / "same/checkpoints/last.ckpt", tmp_path / "passk.json"
+    res = bench(tmp_path, ["passk", "--ckpt", str(ckpt), "--questions", "6", "--group", "3",
+                           "--json", str(out)])
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["questions"] == 6 and row["chance_pass@3"] == pytest.approx(1 - 0.75 ** 3, abs=1e-3)
+    assert 0 <= row["sampled"] <= row["pass@3"] <= 1 and 0 <= row["greedy"] <= 1
+    res = bench(tmp_path, ["passk", "--ckpt", str(tmp_path / "nowhere.ckpt")])
+    assert res.returncode == 2 and "framelab run folder" in res.stderr, res.stderr[-2000:]
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def bench(tmp_path, args):
+    env = {**os.environ, "FRAMELAB_CACHE": str(tmp_path.parent / "cache")}
+    return subprocess.run([sys.executable, "-m", "framelab.cli", "bench", *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_bad_policy_settings_are_one_line():
