@@ -22,7 +22,8 @@ LightningModule class, "config": the resolved model config, "tokens": the token 
 so a module rebuilds its model from a checkpoint without data. Checkpoints written before that key
 existed (`videollm_model` + `videollm_tokens`, `sar_model`) are read through `model_spec` as well.
 `read_weights` / `load_weights` serve `init_from`: a previous stage's weights, all of them or only
-some parts of the model (its top-level sub-modules, e.g. the vision tower and projector).
+some parts of the model (its top-level sub-modules, e.g. the vision tower and projector), or a
+Hugging Face Qwen3-VL directory given as `hf:DIR` (read with `framelab.models.hf.read_hf`).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from framelab.datamodules.special_tokens import IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START
 from framelab.errors import UserError
 from framelab.safe_load import check_sharded, is_sharded, load_torch
 
@@ -41,6 +43,10 @@ log = logging.getLogger(__name__)
 
 
 MODEL_KEY = "framelab_model"
+HF_PREFIX = "hf:"     # init_from=hf:DIR / --ckpt hf:DIR: a Hugging Face checkpoint directory
+# a Qwen3-VL config.json's special token ids -> the framelab token names a model spec keys them by
+HF_TOKENS = {"video_token_id": VIDEO_PAD, "image_token_id": IMAGE_PAD,
+             "vision_start_token_id": VISION_START, "vision_end_token_id": VISION_END}
 SAVED_AT_KEY = "framelab_saved_at"  # time.time() when the checkpoint was written
 # entries of checkpoints written before MODEL_KEY: the module they came from, config key, token key
 LEGACY_KEYS = {"videollm_model": ("VideoLLMModule", "videollm_tokens"),
@@ -172,9 +178,31 @@ def model_spec(checkpoint: dict, where: str) -> dict:
                     "a framelab module; give a checkpoint of `framelab fit` or `framelab convert`")
 
 
+def read_hf_weights(value: str, where: str) -> dict:
+    """`read_weights` of `hf:DIR`, a local Hugging Face Qwen3-VL checkpoint directory: the spec
+    holds its architecture (config.json) and its special token ids under framelab's token names,
+    and is marked `"source": "hf"`."""
+    from framelab.models.hf import read_hf
+
+    directory = Path(value[len(HF_PREFIX):]).expanduser()
+    if not directory.is_dir():
+        raise UserError(f"{where}={value}: {directory} is not a directory; give hf:DIR with DIR a "
+                        "local Qwen3-VL checkpoint directory (config.json + model.safetensors)")
+    config, tokens, state = read_hf(directory)
+    if config.vision is None:
+        raise UserError(f"{where}={value}: a Qwen3 text checkpoint (model_type qwen3); hf: starts "
+                        "a video LLM from a Qwen3-VL directory (model_type qwen3_vl)")
+    return {"spec": {"module": None, "config": config.to_dict(), "source": "hf",
+                     "tokens": {HF_TOKENS[k]: v for k, v in tokens.items() if k in HF_TOKENS}},
+            "state_dict": state}
+
+
 def read_weights(path: str | Path, where: str) -> dict:
     """{"spec": model spec, "state_dict": the model's weights without the `model.` prefix} of a
-    checkpoint file (a `framelab fit` checkpoint or the output of `framelab convert`)."""
+    checkpoint file (a `framelab fit` checkpoint or the output of `framelab convert`), or of a
+    Hugging Face Qwen3-VL directory given as `hf:DIR` (`read_hf_weights`)."""
+    if str(path).startswith(HF_PREFIX):
+        return read_hf_weights(str(path), where)
     path = Path(str(path))
     if not path.is_file():
         raise UserError(f"{where}={path}: no such file; give a checkpoint (.ckpt) of `framelab fit` "

@@ -127,6 +127,17 @@ def _unused_model_group(cfg: DictConfig, pairs) -> None:
                     "not use the `model` group; set its model under module.model instead")
 
 
+def _model_from_hf(cfg: DictConfig, pairs) -> None:
+    """`init_from=hf:DIR` takes the architecture from the directory's config.json, so a
+    `model=`/`model.` override would be ignored: refuse it."""
+    init = str(cfg.get("init_from") or "")
+    touched = [k.lstrip("+~") for k, _, _ in pairs]
+    touched = [k for k in touched if k == "model" or k.startswith("model.")]
+    if init.startswith("hf:") and touched:
+        raise UserError(f"{touched[0]}: init_from={init} trains the checkpoint's own architecture "
+                        "(its config.json); drop the model overrides")
+
+
 def _compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
@@ -168,6 +179,7 @@ def check(overrides: list[str]) -> DictConfig:
             raise UserError(f"{bare}: {problem}")
     cfg = _safe_compose(flat)
     _unused_model_group(cfg, pairs)
+    _model_from_hf(cfg, pairs)
     missing = _missing_keys(cfg)
     if missing:
         raise UserError(f"required config value(s) not set: {', '.join(missing)} "

@@ -1,7 +1,13 @@
-"""`framelab convert mla`: reparameterise a trained GQA checkpoint into M²LA.
+"""`framelab convert mla`: reparameterise a trained GQA checkpoint into M²LA; `framelab convert hf`:
+write a Qwen3-VL run's checkpoint as a Hugging Face directory.
 
     framelab convert mla --ckpt IN --rank R --rope-dims r --out OUT [--method svd|activation]
                          [--calib-batches N] [--data-config CONFIG.yaml]
+    framelab convert hf --ckpt RUN/checkpoints/last.ckpt --out DIR [--tokenizer hf:SRC]
+
+IN is a video-LLM checkpoint or `hf:DIR`, a Qwen3-VL directory; rotary pairs are picked and
+rotated by their own position axis under either M-RoPE layout (contiguous or Qwen3-VL's
+interleaved), so full rank stays exact for both.
 
 Per layer (see `MultiHeadLatentAttention` for the target layer):
 1. Partial RoPE (MHA2MLA's 2-norm rule): in each kv group keep the r frequency pairs with the
@@ -183,20 +189,69 @@ def calibration_batches(data_config: Path, n: int) -> list[dict]:
     return [next(it) for _ in range(n)]
 
 
+def video_llm(src: dict, ckpt_path: str):
+    """(MultimodalLM with the weights, its config, its spec's token ids) of `read_weights`' output:
+    a video-LLM checkpoint, or a Qwen3-VL directory (hf:DIR)."""
+    from framelab.lightning_modules.qwen3_vl import is_qwen3_vl, qwen3_vl_model
+    from framelab.models.multimodal import MultimodalLM
+
+    if src["spec"]["module"] not in (None, "VideoLLMModule") or "vision" not in src["spec"]["config"]:
+        raise UserError(f"--ckpt {ckpt_path}: a {src['spec']['module']} checkpoint; give a video-LLM "
+                        "checkpoint (experiment=videollm_*) or a Qwen3-VL directory (hf:DIR)")
+    cfg = ModelConfig.from_dict(dict(src["spec"]["config"]))
+    tokens = src["spec"]["tokens"]
+    if is_qwen3_vl(src["spec"]["config"]):
+        model = qwen3_vl_model(cfg, tokens)
+    else:
+        model = MultimodalLM(cfg, tokens.get("<|video_pad|>", 0))
+    model.load_state_dict(src["state_dict"])
+    return model.eval(), cfg, tokens
+
+
+# files of a Hugging Face checkpoint directory that `convert hf --tokenizer DIR` copies beside the
+# weights (those that exist): the tokenizer, chat template and processors
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.json",
+                   "chat_template.jinja", "preprocessor_config.json",
+                   "video_preprocessor_config.json", "generation_config.json")
+
+
+def export_checkpoint(ckpt_path: str, out: str, tokenizer: str | None = None) -> list[str]:
+    """Write a Qwen3-VL video-LLM checkpoint as a Hugging Face directory (`export_hf`), with the
+    tokenizer and processor files of `tokenizer` (a directory, or hf:DIR) copied beside it.
+    Returns the names of the files copied."""
+    import shutil
+
+    from framelab.checkpoints import HF_PREFIX, read_weights
+    from framelab.models.hf import export_hf
+
+    model, cfg, _ = video_llm(read_weights(ckpt_path, "--ckpt"), ckpt_path)
+    if not model.qwen3_vl:
+        raise UserError(f"--ckpt {ckpt_path}: its model has vision flavour "
+                        f"{cfg.vision.flavour!r}; convert hf writes Qwen3-VL models (runs started "
+                        "with init_from=hf:DIR)")
+    if cfg.attention != "gqa":
+        raise UserError(f"--ckpt {ckpt_path}: attention={cfg.attention}; transformers' Qwen3-VL "
+                        "has grouped-query attention only, so an M²LA model cannot be exported")
+    source = None
+    if tokenizer:
+        source = Path(tokenizer[len(HF_PREFIX):] if tokenizer.startswith(HF_PREFIX) else tokenizer)
+        if not (source / "tokenizer.json").is_file():
+            raise UserError(f"--tokenizer {tokenizer}: no tokenizer.json in {source}; give the "
+                            "checkpoint directory the run started from")
+    export_hf(model, out)
+    copied = [n for n in TOKENIZER_FILES if source is not None and (source / n).is_file()]
+    for name in copied:
+        shutil.copyfile(source / name, Path(out) / name)
+    return copied
+
+
 def convert_checkpoint(ckpt_path: str, out: str, rank: int, r: int, method: str = "svd",
                        calib_batches: int = 0, data_config: str | None = None) -> dict:
     from framelab.checkpoints import MODEL_KEY, read_weights
-    from framelab.models.multimodal import MultimodalLM
 
     src = read_weights(ckpt_path, "--ckpt")
-    if src["spec"]["module"] not in (None, "VideoLLMModule") or "vision" not in src["spec"]["config"]:
-        raise UserError(f"--ckpt {ckpt_path}: a {src['spec']['module']} checkpoint; give a video-LLM "
-                        "checkpoint (experiment=videollm_*)")
-    cfg = ModelConfig.from_dict(dict(src["spec"]["config"]))
-    tokens = src["spec"]["tokens"]
-    model = MultimodalLM(cfg, tokens.get("<|video_pad|>", 0))
-    model.load_state_dict(src["state_dict"])
-    model.eval()
+    model, cfg, tokens = video_llm(src, ckpt_path)
     acts = None
     if calib_batches:
         path = Path(data_config) if data_config else Path(ckpt_path).resolve().parent.parent / "config.yaml"
@@ -213,24 +268,38 @@ def convert_checkpoint(ckpt_path: str, out: str, rank: int, r: int, method: str 
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="framelab convert",
-                                     description="checkpoint conversions (mla: GQA -> M²LA)")
-    parser.add_argument("kind", choices=["mla"])
-    parser.add_argument("--ckpt", required=True, help="a video-LLM checkpoint (GQA)")
-    parser.add_argument("--rank", type=int, required=True, help="latent width d_c per layer")
-    parser.add_argument("--rope-dims", type=int, required=True,
-                        help="rotary frequency pairs kept per kv group (head_dim/2 keeps all)")
+    parser = argparse.ArgumentParser(
+        prog="framelab convert",
+        description="checkpoint conversions (mla: GQA -> M²LA; hf: a Qwen3-VL run's checkpoint -> "
+                    "a Hugging Face directory)")
+    parser.add_argument("kind", choices=["mla", "hf"])
+    parser.add_argument("--ckpt", required=True,
+                        help="a video-LLM checkpoint (GQA), or hf:DIR (a Qwen3-VL directory; mla)")
+    parser.add_argument("--rank", type=int, help="mla: latent width d_c per layer")
+    parser.add_argument("--rope-dims", type=int,
+                        help="mla: rotary frequency pairs kept per kv group (head_dim/2 keeps all)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--method", choices=METHODS, default="svd")
     parser.add_argument("--calib-batches", type=int, default=0,
-                        help="training batches for activation statistics (2-norm rule, PCA)")
+                        help="mla: training batches for activation statistics (2-norm rule, PCA)")
     parser.add_argument("--data-config", default=None,
-                        help="run config.yaml whose data section gives the calibration batches")
+                        help="mla: run config.yaml whose data section gives the calibration batches")
+    parser.add_argument("--tokenizer", default=None,
+                        help="hf: the directory (or hf:DIR) whose tokenizer and processor files "
+                             "are copied beside the weights")
     args = parser.parse_args(argv)
     try:
+        check_writable(Path(args.out).absolute().parent, f"--out {args.out}")
+        if args.kind == "hf":
+            copied = export_checkpoint(args.ckpt, args.out, args.tokenizer)
+            print(f"wrote {args.out}: config.json + model.safetensors (Qwen3-VL)"
+                  + (f" + {len(copied)} tokenizer/processor files" if copied else
+                     "; no tokenizer files (pass --tokenizer DIR)"))
+            return 0
+        if args.rank is None or args.rope_dims is None:
+            raise UserError("convert mla needs --rank R and --rope-dims r")
         if args.rank < 1:
             raise UserError(f"--rank {args.rank}: must be >= 1")
-        check_writable(Path(args.out).absolute().parent, f"--out {args.out}")
         cfg = convert_checkpoint(args.ckpt, args.out, args.rank, args.rope_dims, args.method,
                                  args.calib_batches, args.data_config)
     except UserError as exc:

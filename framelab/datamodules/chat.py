@@ -6,7 +6,9 @@
 
 A vision block is <|vision_start|> + N x <|video_pad|> + <|vision_end|>, with
 N = (T/2) * (H/p/2) * (W/p/2) for a video of T frames of H x W pixels, patch p, temporal patch 2
-and 2x2 spatial merge (`vision_tokens`). Labels are unshifted: an assistant reply and its closing
+and 2x2 spatial merge (`vision_tokens`). With `video_layout="qwen3_vl"` a video is written as
+Qwen3-VL's processor writes it: per temporal step (2 frames) `<{t:.1f} seconds>` + its own block of
+N / (T/2) placeholders (`fill_vision` with the steps' timestamps). Labels are unshifted: an assistant reply and its closing
 <|im_end|> carry loss (label = input id); everything else, including the assistant header, is -100.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from framelab.datamodules.special_tokens import (IM_END, IM_START, MEDIA_PLACEHO
                                                  VISION_END, VISION_START)
 
 IGNORE = -100
+VIDEO_LAYOUTS = ("framelab", "qwen3_vl")
 _MEDIA = re.compile("|".join(re.escape(p) for p in MEDIA_PLACEHOLDERS))
 
 
@@ -47,7 +50,10 @@ def normalise_messages(messages: list, videos: int) -> list:
 class ChatEncoder:
     """Turns conversations into (input_ids, labels) with a given `tokenizers.Tokenizer`."""
 
-    def __init__(self, tokenizer, system_prompt: str | None = None):
+    def __init__(self, tokenizer, system_prompt: str | None = None, video_layout: str = "framelab"):
+        if video_layout not in VIDEO_LAYOUTS:
+            raise ValueError(f"video layout {video_layout!r}: expected one of {VIDEO_LAYOUTS}")
+        self.video_layout = video_layout
         self.tok = tokenizer
         self.system_prompt = system_prompt
         self.im_start = tokenizer.token_to_id(IM_START)
@@ -78,6 +84,9 @@ class ChatEncoder:
         """(input_ids, labels) of a conversation whose placeholders get `vision_counts` tokens each,
         in order. With add_generation_prompt the assistant header is appended (for generation)."""
         counts = list(vision_counts)
+        if self.video_layout == "qwen3_vl" and any(counts):
+            raise ValueError("the qwen3_vl video layout needs timestamps: encode with vision "
+                             "counts of 0, then fill_vision(ids, labels, counts, timestamps)")
         messages = normalise_messages(messages, len(counts))
         if self.system_prompt and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": self.system_prompt}] + messages
@@ -102,17 +111,46 @@ class ChatEncoder:
             labels += [IGNORE] * len(head)
         return ids, labels
 
-    def fill_vision(self, ids: list[int], labels: list[int], counts: list[int]) -> tuple[list[int], list[int]]:
+    def fill_vision(self, ids: list[int], labels: list[int], counts: list[int],
+                    timestamps: list[list[float]] | None = None) -> tuple[list[int], list[int]]:
         """Give the empty vision blocks of an encoding made with counts of 0 their pad tokens:
-        equal to encoding with `counts` directly, without tokenizing again."""
+        equal to encoding with `counts` directly, without tokenizing again. In the qwen3_vl
+        layout block k becomes one timestamped block per entry of `timestamps[k]` (seconds of
+        each temporal step), its `counts[k]` placeholders shared out equally."""
         out_ids: list[int] = []
         out_labels: list[int] = []
         last, k = 0, 0
+        steps = self.video_layout == "qwen3_vl"
+        if steps and (timestamps is None or len(timestamps) != len(counts)):
+            raise ValueError("the qwen3_vl video layout needs each video's step timestamps")
         for i, t in enumerate(ids):
-            if t == self.vstart:
+            if t != self.vstart:
+                continue
+            if k >= len(counts):
+                raise ValueError(f"more vision blocks than the {len(counts)} videos")
+            if steps:
+                if i + 1 >= len(ids) or ids[i + 1] != self.vend:
+                    raise ValueError("fill_vision takes an encoding made with vision counts of 0")
+                block = self.step_blocks(counts[k], timestamps[k])
+                out_ids += ids[last:i] + block          # replaces <|vision_start|><|vision_end|>
+                out_labels += labels[last:i] + [IGNORE] * len(block)
+                last = i + 2
+            else:
                 out_ids += ids[last:i + 1] + [self.vpad] * counts[k]
                 out_labels += labels[last:i + 1] + [IGNORE] * counts[k]
-                last, k = i + 1, k + 1
+                last = i + 1
+            k += 1
         if k != len(counts):
             raise ValueError(f"{k} vision blocks for {len(counts)} videos")
         return out_ids + ids[last:], out_labels + labels[last:]
+
+    def step_blocks(self, count: int, timestamps: list[float]) -> list[int]:
+        """Qwen3-VL's tokens for one video of `count` placeholders over len(timestamps) steps."""
+        n = len(timestamps)
+        if n == 0 or count % n:
+            raise ValueError(f"{count} vision tokens do not split over {n} temporal steps")
+        out: list[int] = []
+        for t in timestamps:
+            out += self._text(f"<{t:.1f} seconds>") + [self.vstart] + [self.vpad] * (count // n)
+            out.append(self.vend)
+        return out

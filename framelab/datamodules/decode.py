@@ -59,6 +59,17 @@ class FrameSource:
             raise SampleError("missing_frame", f"{n} frames stored, annotation says {expected}")
         self.count = n
 
+    def frame_size(self) -> tuple[int, int]:
+        """(H, W) of the stored frames (of the first one, read from its header when encoded)."""
+        if self.array is not None:
+            return int(self.array.shape[1]), int(self.array.shape[2])
+        from PIL import Image
+        try:
+            with Image.open(io.BytesIO(self.files[0])) as im:
+                return im.size[1], im.size[0]
+        except Exception as e:  # noqa: BLE001 - PIL raises many types on bad data
+            raise SampleError("bad_frame", f"frame 0: {e}") from None
+
     def get(self, indices: list[int]) -> np.ndarray:
         """uint8 (len(indices), H, W, 3)."""
         if self.array is not None:

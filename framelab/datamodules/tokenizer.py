@@ -74,8 +74,11 @@ def train_world_tokenizer(vocab_size: int = 1024,
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """A local tokenizer.json (e.g. Qwen3's) with framelab's special tokens added where missing."""
-    p = Path(path)
+    """A local tokenizer.json (e.g. Qwen3's) with framelab's special tokens added where missing.
+    `path` is the file, the folder holding it, or `hf:DIR` (a checkpoint directory, as `init_from`
+    spells it)."""
+    path = str(path)
+    p = Path(path[len("hf:"):] if path.startswith("hf:") else path).expanduser()
     if p.is_dir():
         p = p / "tokenizer.json"
     if not p.is_file():

@@ -1,7 +1,8 @@
 """VideoTextDataModule: video (or image) + conversation samples as token sequences for a video LLM.
 
 Per sample (in DataLoader workers): read the annotation and frames, choose frames (uniform / by fps /
-all) under the current max-frames budget, resize to image_size, count vision tokens
+all) under the current max-frames budget, resize to image_size -- or, with data.processor=qwen3_vl,
+choose and resize them as Qwen3-VL's video processor does (`qwen3_vl_inputs`) -- count vision tokens
 N = (T/2)(H/p/2)(W/p/2), and encode the conversation with the Qwen-style chat template (prompt
 masked from the loss). Per step (main process): pack several samples into one row up to
 max_tokens without cutting any (cu_seqlens), or pad a fixed number of samples per row.
@@ -23,14 +24,19 @@ persistent (each epoch's workers are configured with that epoch's start position
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from framelab.datamodules.base import StreamingDataModule, plain
-from framelab.datamodules.chat import ChatEncoder, vision_tokens
+from framelab.datamodules.chat import VIDEO_LAYOUTS, ChatEncoder, vision_tokens
 from framelab.datamodules.collate import batch_size_plan, collate_packed, collate_padded, token_budget_plan
 from framelab.datamodules.decode import SAMPLING, FrameSource, annotation, frame_member, select_frames, to_tensor
 from framelab.datamodules.perception_labels import clip_labels
+from framelab.datamodules.qwen3_vl_inputs import (QWEN3_VL_VIDEO, VisionPreprocess, frame_timestamps,
+                                                   resize, sample_indices, video_size)
 from framelab.datamodules.reader import SampleError
 from framelab.datamodules.special_tokens import PAD, special_token_ids
 from framelab.datamodules.tokenizer import ensure_tokenizer
@@ -42,10 +48,44 @@ class VideoTransform:
 
     def __init__(self, encoder: ChatEncoder, size: tuple[int, int], patch: int, sampling: str,
                  sample_fps: float, budget: torch.Tensor, pack: bool, load_future: bool,
-                 perception: bool = False):
+                 perception: bool = False, processor: VisionPreprocess | None = None):
         self.encoder, self.size, self.patch = encoder, size, patch
         self.sampling, self.sample_fps, self.budget_tensor = sampling, sample_fps, budget
         self.pack, self.load_future, self.perception = pack, load_future, perception
+        self.processor = processor
+
+    def choose(self, source: FrameSource, fps, limit: int) -> tuple[list[int], tuple[int, int]]:
+        """(frame indices, an even count; (height, width) they are resized to) under `limit` frames:
+        frame_sampling and image_size, or the Qwen3-VL video processor's sampling (at most
+        `limit` frames, evenly spaced) and smart_resize of the stored size."""
+        if self.processor is None:
+            return select_frames(source.count, self.sampling, limit, fps, self.sample_fps), self.size
+        index = sample_indices(source.count, self.processor, fps)
+        if len(index) > limit:
+            index = sample_indices(source.count, self.processor, fps, max(2, limit - limit % 2))
+        if len(index) < 2:
+            index = index * 2                  # a one-frame video: the frame twice, as a step
+        try:
+            size = video_size(len(index), *source.frame_size(), self.processor)
+        except UserError as e:
+            raise SampleError("bad_frame", str(e)) from None
+        return index + index[-1:] * (len(index) % 2), size
+
+    def fill(self, ids: list, labels: list, source: FrameSource, fps, limit: int):
+        """(index, size, ids, labels): the conversation with its video's placeholders (and, in the
+        qwen3_vl layout, timestamps) for the frames `choose` picks under `limit`."""
+        index, size = self.choose(source, fps, limit)
+        times = [frame_timestamps(index, fps)] if self.encoder.video_layout == "qwen3_vl" else None
+        ids, labels = self.encoder.fill_vision(
+            ids, labels, [vision_tokens(len(index), *size, self.patch)], times)
+        return index, size, ids, labels
+
+    def pixels(self, frames: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """uint8 (T, H, W, 3) -> float32 (T, 3, h, w) in [0, 1] at `size`."""
+        if self.processor is None:
+            return to_tensor(frames, size)
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+        return resize(x, *size).float().div_(255.0)
 
     def wants(self, ext: str) -> bool:
         """Members read per sample: the annotation, the frames (and future frames when loaded)."""
@@ -73,31 +113,53 @@ class VideoTransform:
         except ValueError as e:
             raise SampleError("bad_conversation", str(e)) from None
         base = len(ids)
-        if max_tokens:
-            per_pair = vision_tokens(2, *self.size, self.patch)
+        if max_tokens and self.processor is None:
+            per_pair = vision_tokens(2, *self.size, self.patch) + self.step_overhead()
             fit = 2 * ((max_tokens - base) // per_pair)
             if fit < 2:
                 raise SampleError("too_long", f"{base} text tokens leave no room for 2 frames")
             limit = min(limit, fit)
-        index = select_frames(source.count, self.sampling, limit, ann.get("fps"), self.sample_fps)
+        empty = (ids, labels)
+        fill = lambda n: self.fill(*empty, source, ann.get("fps"), n)  # noqa: E731
+        got = fill(limit)
+        if max_tokens and len(got[2]) > max_tokens:   # the most frames that fit, by bisection
+            lo, hi = 2, len(got[0]) - 2
+            got = fill(lo)
+            if len(got[2]) > max_tokens:
+                raise SampleError("too_long", f"{len(got[2])} tokens at 2 frames exceed "
+                                              f"max_tokens={max_tokens}")
+            while lo < hi:
+                mid = lo + 2 * (((hi - lo) // 2 + 1) // 2)
+                trial = fill(mid)
+                if len(trial[2]) <= max_tokens:
+                    lo, got = mid, trial
+                else:
+                    hi = mid - 2
+        index, size, ids, labels = got
         frames = source.get(index)
-        video = to_tensor(frames, self.size)
-        ids, labels = self.encoder.fill_vision(ids, labels, [vision_tokens(len(index), *self.size, self.patch)])
+        video = self.pixels(frames, size)
         meta["frame_indices"] = index
         item = {"input_ids": np.asarray(ids, np.int32), "labels": np.asarray(labels, np.int32),
                 "video": video, "num_tokens": len(ids), "meta": meta}
         if self.perception:  # only clips stored at the model's resolution: upscaled shapes blur
-            native = tuple(frames.shape[1:3]) == tuple(self.size)
+            native = tuple(frames.shape[1:3]) == tuple(size)
             item["vision_labels"] = clip_labels(members.get("gt.npz"), meta.get("objects"), index,
-                                                self.size, self.patch) if native else None
+                                                size, self.patch) if native else None
         if self.load_future:
             try:
                 future = FrameSource(members, "future.")
             except SampleError:
                 raise SampleError("missing_future", "load_future is set but the sample has no future frames") from None
             pick = list(range(future.count)) + ([future.count - 1] if future.count % 2 else [])
-            item["future"] = to_tensor(future.get(pick), self.size)
+            item["future"] = self.pixels(future.get(pick), size)
         return item
+
+    def step_overhead(self) -> int:
+        """Tokens a temporal step adds beyond its placeholders: 0, or in the qwen3_vl layout its
+        `<t seconds>` text and its own vision start and end (counted for a 5-digit time)."""
+        if self.encoder.video_layout != "qwen3_vl":
+            return 0
+        return len(self.encoder.step_blocks(0, [99999.9]))
 
     def _text_only(self, conv: list, meta: dict, max_tokens: int) -> dict:
         """A sample without video: its conversation must have no media placeholder."""
@@ -125,7 +187,8 @@ class VideoTextDataModule(StreamingDataModule):
                  max_tokens: int = 2048, max_samples_per_pack: int = 0, pad_to_multiple_of: int = 0,
                  batch_size: int = 4, load_future: bool = False, num_workers: int = 0, seed: int = 0,
                  shuffle: bool = True, max_skip_rate: float = 0.05, skip_check_after: int = 64,
-                 weights: dict | None = None, perception_labels: bool = False):
+                 weights: dict | None = None, perception_labels: bool = False,
+                 video_layout: str = "framelab", processor: str | None = None):
         super().__init__(tasks=tasks, task_params=task_params, weights=weights,
                          samples=samples if samples is not None else {"train": 512, "val": 64, "test": 64, "ood": 64},
                          shards=shards, data_dir=data_dir, cache_dir=cache_dir, test_splits=test_splits,
@@ -145,6 +208,14 @@ class VideoTextDataModule(StreamingDataModule):
         self.tokenizer_path, self.tokenizer_vocab_size = tokenizer_path, tokenizer_vocab_size
         self.system_prompt = system_prompt
         self.perception_labels = perception_labels
+        if video_layout not in VIDEO_LAYOUTS:
+            raise UserError(f"data.video_layout={video_layout!r}: choose one of "
+                            f"{', '.join(VIDEO_LAYOUTS)}")
+        self.video_layout = video_layout
+        if processor not in (None, "qwen3_vl"):
+            raise UserError(f"data.processor={processor!r}: choose null (frame_sampling and "
+                            "image_size) or qwen3_vl (Qwen3-VL's video processor)")
+        self.processor = processor
         self._budget = torch.tensor([max_frames, max_tokens], dtype=torch.int64).share_memory_()
         self._initial_budget = (max_frames, max_tokens)
         self._schedule: list[dict] | None = None
@@ -161,7 +232,7 @@ class VideoTextDataModule(StreamingDataModule):
         if self.tokenizer is None:
             self.tokenizer = ensure_tokenizer(self.cache_dir, self.tokenizer_path, self.tokenizer_vocab_size)
             self.special_ids = special_token_ids(self.tokenizer)
-            self.encoder = ChatEncoder(self.tokenizer, self.system_prompt)
+            self.encoder = ChatEncoder(self.tokenizer, self.system_prompt, self.video_layout)
 
     @property
     def vocab_size(self) -> int:
@@ -217,12 +288,34 @@ class VideoTextDataModule(StreamingDataModule):
             return frames, tokens if self.pack else 0
         return budget
 
+    def video_processor(self) -> VisionPreprocess | None:
+        """data.processor=qwen3_vl: the checkpoint directory's video_preprocessor_config.json (the
+        directory of tokenizer_path, e.g. hf:DIR) when it has one, else the released Qwen3-VL
+        checkpoints' settings."""
+        if self.processor is None:
+            return None
+        cfg = QWEN3_VL_VIDEO
+        path = str(self.tokenizer_path or "")
+        folder = Path(path[len("hf:"):] if path.startswith("hf:") else path).expanduser()
+        found = folder / "video_preprocessor_config.json"
+        if path and folder.is_dir() and found.is_file():
+            try:
+                cfg = VisionPreprocess.from_hf(json.loads(found.read_text()))
+            except (ValueError, TypeError) as e:
+                raise UserError(f"{found}: not a usable video processor config ({e})") from None
+        if cfg.patch_size != self.patch_size or cfg.merge_size != 2 or cfg.temporal_patch_size != 2:
+            raise UserError(f"{found if found.is_file() else 'data.processor=qwen3_vl'}: patch "
+                            f"{cfg.patch_size}, merge {cfg.merge_size}, temporal patch "
+                            f"{cfg.temporal_patch_size}; the data needs patch "
+                            f"{self.patch_size} (data.patch_size), merge 2, temporal patch 2")
+        return cfg
+
     # pieces for the base class ----------------------------------------------------------------
     def _transform(self, split: str) -> VideoTransform:
         self.setup()
         return VideoTransform(self.encoder, self.image_size, self.patch_size, self.frame_sampling,
                               self.sample_fps, self._budget, self.pack, self.load_future,
-                              self.perception_labels)
+                              self.perception_labels, self.video_processor())
 
     def _plan(self, train: bool):
         if self.pack:

@@ -75,11 +75,14 @@ def data_parallel() -> bool:
 
 
 class VideoQAEvaluator(nn.Module):
-    def __init__(self, tokens: dict[str, int], tokenizer=None, config: dict | None = None):
+    def __init__(self, tokens: dict[str, int], tokenizer=None, config: dict | None = None,
+                 step_runs: bool = False):
         """`tokens`: the ids of {"video_pad", "pad", "im_end"}; `tokenizer`: an HF
         `tokenizers.Tokenizer` (None: replies decode to their token ids); `config`: see
-        `evaluation_config`."""
+        `evaluation_config`; `step_runs`: a video's placeholders form one run per temporal step
+        of 2 frames (Qwen3-VL's prompt layout, data.video_layout=qwen3_vl), not one run."""
         super().__init__()
+        self.step_runs = step_runs
         self.tokens = {k: int(tokens[k]) for k in (VIDEO_PAD, PAD, IM_END)}
         self.tokenizer = tokenizer
         self.config = evaluation_config(config)
@@ -101,7 +104,10 @@ class VideoQAEvaluator(nn.Module):
             seq, lab = ids[row, lo:hi].tolist(), labels[row, lo:hi].tolist()
             runs = sum(1 for i, t in enumerate(seq) if t == self.tokens[VIDEO_PAD]
                        and (i == 0 or seq[i - 1] != t))
-            vids = [next(videos) for _ in range(runs)]
+            vids = []
+            while runs > 0:                  # one run per video, or per 2 frames (step_runs)
+                vids.append(next(videos))
+                runs -= vids[-1].shape[0] // 2 if self.step_runs else 1
             starts = [i for i, t in enumerate(lab) if t != -100 and (i == 0 or lab[i - 1] == -100)]
             if not starts:                                # padding document
                 continue

@@ -23,7 +23,10 @@
 - `init_from=CKPT`: start from another run's weights (a `framelab fit` checkpoint or the output of
   `framelab convert mla`) — weights only; the optimiser, schedule and step start fresh (resuming a
   run is `ckpt_path`). M²LA shape keys (`kv_lora_rank`, `qk_rope_dim`) left null in the config are
-  taken from the checkpoint; any other mismatch is a one-line error.
+  taken from the checkpoint; any other mismatch is a one-line error. `init_from=hf:DIR` starts from
+  a Hugging Face Qwen3-VL directory: the run trains that checkpoint's architecture, not the `model`
+  group's, with the data checked against its tokenizer and prompt layout
+  (`framelab.lightning_modules.qwen3_vl`; docs/qwen3_vl.md).
 
 The model follows the shared lifecycle (`FramelabModule`): it is built in `setup()`, because the
 vocabulary and the video placeholder id come from the datamodule's tokenizer, and its spec (config
@@ -48,6 +51,7 @@ from framelab.evaluation.video_qa import (ANSWERED, VideoQAEvaluator, data_paral
 from framelab.kernels import linear_cross_entropy
 from framelab.lightning_modules.base import FramelabModule, build_model_config
 from framelab.lightning_modules.policy import POLICY_STAGES, PolicyStages
+from framelab.lightning_modules.qwen3_vl import is_qwen3_vl, qwen3_vl_model, qwen3_vl_spec
 from framelab.models.config import ModelConfig
 from framelab.models.multimodal import MultimodalLM
 from framelab.models.perception import PerceptionHeads, perception_loss
@@ -109,6 +113,8 @@ class VideoLLMModule(PolicyStages, FramelabModule):
         if dm is None or not hasattr(dm, "special_ids"):
             raise UserError("VideoLLMModule needs a video-text datamodule (data=video_world, "
                             "world_mixture, video_needle, video_future or video_real)")
+        if init_spec is not None and is_qwen3_vl(init_spec["config"]):
+            return qwen3_vl_spec(dm, init_spec, self.init_from, self.model_cfg.get("preset"))
         cfg = dict(self.model_cfg)
         cfg["vocab_size"] = cfg.get("vocab_size") or dm.vocab_size
         vision, patch = dict(cfg.get("vision") or {}), getattr(dm, "patch_size", None)
@@ -131,14 +137,28 @@ class VideoLLMModule(PolicyStages, FramelabModule):
 
     def build_model(self, spec: dict) -> MultimodalLM:
         self.config, self.tokens = ModelConfig.from_dict(spec["config"]), dict(spec["tokens"])
-        self.evaluator = VideoQAEvaluator(self.tokens, self.tokenizer, self.eval_cfg)
+        self.evaluator = VideoQAEvaluator(self.tokens, self.tokenizer, self.eval_cfg,
+                                          step_runs=is_qwen3_vl(spec["config"]))
         dm = self.current_datamodule()
         if getattr(dm, "perception_labels", False):  # the heads exist when their labels do
             self.perception = PerceptionHeads(self.config)
         elif self.stage == "vision" or self.perception_weight > 0:
             raise UserError("module.stage=vision and module.perception_weight need the ground-truth "
                             "labels: set data.perception_labels=true (embedded world data)")
-        return MultimodalLM(self.config, self.tokens[VIDEO_PAD])
+        if not is_qwen3_vl(spec["config"]):
+            return MultimodalLM(self.config, self.tokens[VIDEO_PAD])
+        return qwen3_vl_model(self.config, self.tokens)
+
+    def install(self, spec: dict) -> None:
+        """As the base's; a Qwen3-VL model's DeepStack mergers count as the `projector` part (they
+        are mergers like it) for `freeze` and `init_parts`."""
+        super().install(spec)
+        if hasattr(self.model, "deepstack"):
+            if self.freeze.get("projector"):
+                self.model.deepstack.requires_grad_(False)
+            if self.init_parts and "projector" in self.init_parts and \
+                    "deepstack" not in self.init_parts:
+                self.init_parts.append("deepstack")
 
     def set_stage(self, stage: str) -> None:
         """Switch the training stage (the curriculum's `stage` key)."""

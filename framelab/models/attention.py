@@ -13,6 +13,7 @@ from torch import nn
 from framelab.kernels import AttentionSpec, apply_rotary, attention, mla_decode
 from framelab.models.cache import KVCache
 from framelab.models.layers import RMSNorm
+from framelab.models.rope import pair_axes
 
 
 class GroupedQueryAttention(nn.Module):
@@ -42,21 +43,26 @@ class GroupedQueryAttention(nn.Module):
         return self.o_proj(out.reshape(b, s, -1))
 
 
-def default_rope_pairs(head_dim: int, rope_dim: int, sections: tuple[int, ...]) -> torch.Tensor:
+def default_rope_pairs(head_dim: int, rope_dim: int, sections: tuple[int, ...],
+                       interleaved: bool = False) -> torch.Tensor:
     """Frequency pairs a freshly initialised M²LA layer rotates: `rope_dim // 2` of the
-    `head_dim // 2` pairs, shared out over the M-RoPE sections (t, h, w) in proportion to their
-    sizes (at least one each while there are enough), the highest-frequency pairs of each section
-    first, so that every position axis stays visible to attention. Returns sorted indices (r,)."""
+    `head_dim // 2` pairs, shared out over the M-RoPE axes (t, h, w) in proportion to the
+    number of pairs each owns (at least one each while there are enough), the highest-frequency pairs of each
+    axis first, so that every position axis stays visible to attention. Which pairs an axis owns
+    follows the rotary layout (`framelab.models.rope.pair_axes`): a contiguous block per axis, or
+    Qwen3-VL's interleaved t, h, w, t, h, w, ... (`interleaved`). Returns sorted indices (r,)."""
     r = rope_dim // 2
-    starts = [sum(sections[:i]) for i in range(len(sections))]
-    take = [min(n, 1) for n in sections] if r >= len(sections) else [0] * len(sections)
+    axes = pair_axes(head_dim, sections, interleaved)
+    owned = [(axes == a).nonzero()[:, 0].tolist() for a in range(len(sections))]
+    sizes = [len(p) for p in owned]            # = sections, except where interleaving runs out
+    take = [min(n, 1) for n in sizes] if r >= len(sizes) else [0] * len(sizes)
     while sum(take) < r:                       # hand out the rest largest-remainder style
-        room = [(n * r / sum(sections) - t, i) for i, (n, t) in enumerate(zip(sections, take))
+        room = [(n * r / sum(sizes) - t, i) for i, (n, t) in enumerate(zip(sizes, take))
                 if t < n]
         take[max(room)[1]] += 1
     while sum(take) > r:
         take[take.index(max(take))] -= 1
-    picked = [s + j for s, n in zip(starts, take) for j in range(n)]
+    picked = [p for pairs, n in zip(owned, take) for p in pairs[:n]]
     return torch.tensor(sorted(picked), dtype=torch.long)
 
 
@@ -206,7 +212,8 @@ def latent_attention(q_latent, q_rope, c_kv, k_r, visible: torch.Tensor, scale: 
 def make_attention(config) -> nn.Module:
     """The decoder's attention layer for `config.attention` (gqa | mla)."""
     if config.attention == "mla":
-        pairs = default_rope_pairs(config.head_dim, config.qk_rope_dim, config.mrope_section)
+        pairs = default_rope_pairs(config.head_dim, config.qk_rope_dim, config.mrope_section,
+                                   config.mrope_interleaved)
         return MultiHeadLatentAttention(config.hidden, config.heads, config.kv_heads,
                                         config.head_dim, config.kv_lora_rank, config.qk_rope_dim,
                                         pairs, config.qk_norm, config.norm_eps)

@@ -112,15 +112,32 @@ def _assign(model: torch.nn.Module, state: dict, path: Path) -> None:
     model.load_state_dict(state, assign=True)
 
 
+def read_hf(path) -> tuple[ModelConfig, dict, dict[str, torch.Tensor]]:
+    """(config, special token ids, weights under framelab's parameter names) of a local Qwen3-VL
+    (a `MultimodalLM`'s names) or Qwen3 text (a `DecoderLM`'s; no token ids) checkpoint directory,
+    without building a model. `config.vision` says which."""
+    path = Path(path)
+    hf = _read_config(path)
+    if hf.get("model_type") == "qwen3_vl":
+        cfg, tokens = hf_qwen3_vl.config_from_hf(hf, str(path / "config.json"))
+        return cfg, tokens, hf_qwen3_vl.state_to_framelab(_read_tensors(path), cfg, str(path))
+    cfg = config_from_hf(hf)
+    state = {}
+    for name, tensor in _read_tensors(path).items():
+        key = name[len("model."):] if name.startswith("model.") else name
+        if key == "lm_head.weight" and cfg.tie_embeddings:
+            continue
+        state[key] = tensor
+    return cfg, {}, state
+
+
 def load_hf(path, dtype: torch.dtype = torch.float32,
             device="cpu") -> DecoderLM | MultimodalLM:
     """Load a local Qwen3 text checkpoint directory into a `DecoderLM`, or a Qwen3-VL one into a
     `MultimodalLM` (vision flavour "qwen3_vl"; its `hf_tokens` holds the special token ids)."""
     path = Path(path)
-    hf = _read_config(path)
-    if hf.get("model_type") == "qwen3_vl":
-        cfg, tokens = hf_qwen3_vl.config_from_hf(hf, str(path / "config.json"))
-        state = hf_qwen3_vl.state_to_framelab(_read_tensors(path), cfg, str(path))
+    cfg, tokens, state = read_hf(path)
+    if cfg.vision is not None:
         with torch.device("meta"):
             model = MultimodalLM(cfg, tokens["video_token_id"], tokens["image_token_id"])
         _assign(model, state, path)
@@ -129,14 +146,6 @@ def load_hf(path, dtype: torch.dtype = torch.float32,
         model.vision.reset_buffers()
         model.hf_tokens = tokens
         return model.to(device=device, dtype=dtype).eval()
-    cfg = config_from_hf(hf)
-    tensors = _read_tensors(path)
-    state = {}
-    for name, tensor in tensors.items():
-        key = name[len("model."):] if name.startswith("model.") else name
-        if key == "lm_head.weight" and cfg.tie_embeddings:
-            continue
-        state[key] = tensor
     with torch.device("meta"):
         model = DecoderLM(cfg)
     _assign(model, state, path)

@@ -14,24 +14,33 @@ import torch
 from torch import nn
 
 
+def pair_axes(head_dim: int, sections: tuple[int, ...] | None,
+              interleaved: bool = False) -> torch.Tensor:
+    """(head_dim // 2,) the position axis each frequency pair reads (module docstring): contiguous
+    sections, or Qwen3-VL's interleaved layout. Pair i has frequency theta^(-2i / head_dim), so
+    within an axis a lower index is a higher frequency."""
+    half = head_dim // 2
+    sections = tuple(sections) if sections else (half,)
+    if sum(sections) != half:
+        raise ValueError(f"rotary sections {sections} must sum to head_dim // 2 = {half}")
+    if interleaved:
+        if len(sections) != 3:
+            raise ValueError(f"interleaved rotary needs 3 sections (t, h, w), got {sections}")
+        axis = torch.zeros(half, dtype=torch.long)
+        for ax in (1, 2):
+            axis[ax:3 * sections[ax]:3] = ax
+        return axis
+    return torch.tensor([i for i, n in enumerate(sections) for _ in range(n)], dtype=torch.long)
+
+
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, theta: float, sections: tuple[int, ...] | None = None,
                  interleaved: bool = False):
         super().__init__()
         half = head_dim // 2
         sections = tuple(sections) if sections else (half,)
-        if sum(sections) != half:
-            raise ValueError(f"rotary sections {sections} must sum to head_dim // 2 = {half}")
+        axis = pair_axes(head_dim, sections, interleaved)
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        if interleaved:
-            if len(sections) != 3:
-                raise ValueError(f"interleaved rotary needs 3 sections (t, h, w), got {sections}")
-            axis = torch.zeros(half, dtype=torch.long)
-            for ax in (1, 2):
-                axis[ax:3 * sections[ax]:3] = ax
-        else:
-            axis = torch.tensor([i for i, n in enumerate(sections) for _ in range(n)],
-                                dtype=torch.long)
         self.interleaved = interleaved
         self.sections = sections
         self.register_buffer("inv_freq", inv_freq, persistent=False)
