@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -44,3 +47,40 @@ def write_json(path: str | None, payload: dict) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(payload, indent=2))
         print(f"wrote {path}")
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def step_peak_bytes(step) -> int:
+    """Peak bytes one call of `step()` adds: CUDA's `max_memory_allocated`, or on CPU the peak
+    resident set above the resident set before it (meaningful in a fresh process whose malloc
+    returns freed memory to the OS; see `peak_in_subprocess`)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak resident set (VmHWM)
+        f.write("5")
+    base = _status("VmRSS:")
+    step()
+    return _status("VmHWM:") - base
+
+
+def peak_in_subprocess(module: str, argv: list[str]) -> int:
+    """Run `python -m module *argv` in a fresh process (fixed malloc mmap threshold) and read the
+    `peak_bytes` of the JSON object on its last output line."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True,
+                         env=env)
+    if out.returncode:
+        raise RuntimeError(f"memory probe {module} failed: {out.stderr.strip()[-400:]}")
+    return int(json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"])

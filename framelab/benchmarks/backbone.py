@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 
 import torch
 
-from framelab.benchmarks._common import machine, print_table, timeit, write_json
+from framelab.benchmarks._common import (machine, peak_in_subprocess, print_table,
+                                         step_peak_bytes, timeit, write_json)
 
 
 def build(preset_name: str, vocab: int | None, layers: int | None):
@@ -60,14 +59,6 @@ def step_fn(side: str, model, ids: torch.Tensor):
     return step
 
 
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure_memory(side: str, args) -> int:
     """Peak bytes of one training step of `side` (this process must be fresh on CPU)."""
     cfg, ours, theirs = build(args.preset, args.vocab, args.layers)
@@ -76,19 +67,7 @@ def measure_memory(side: str, args) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=device)
-    step = step_fn(side, model, ids)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak resident set (VmHWM)
-        f.write("5")
-    base = _status("VmRSS:")
-    step()
-    return _status("VmHWM:") - base
+    return step_peak_bytes(step_fn(side, model, ids))
 
 
 def memory_in_subprocess(side: str, args) -> int:
@@ -96,11 +75,7 @@ def memory_in_subprocess(side: str, args) -> int:
     for flag, value in (("--vocab", args.vocab), ("--layers", args.layers)):
         if value:
             argv += [flag, str(value)]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run([sys.executable, "-m", "framelab.benchmarks.backbone", *argv,
-                          "--memory-of", side], capture_output=True, text=True, env=env,
-                         check=True)
-    return int(json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"])
+    return peak_in_subprocess("framelab.benchmarks.backbone", [*argv, "--memory-of", side])
 
 
 def parse(argv: list[str]):
