@@ -66,6 +66,7 @@ class VideoLLMModule(PolicyStages, FramelabModule):
                  init_from: str | None = None, init_parts: list[str] | None = None,
                  evaluation: dict | None = None, loss_chunk_size: int = 4096,
                  prompt_loss_weight: float = 0.0, perception_weight: float = 0.0,
+                 perception_objects: bool = False,
                  optim: dict | None = None, scheduler: dict | None = None,
                  rl: dict | None = None, opd: dict | None = None, vision: dict | None = None):
         """`vision` is read only from checkpoints written before the vision tower's config moved
@@ -93,6 +94,7 @@ class VideoLLMModule(PolicyStages, FramelabModule):
                             "[0, 1] (a prompt token's loss relative to a reply token's; 0: replies only)")
         self.prompt_loss_weight = float(prompt_loss_weight)
         self.perception_weight = float(perception_weight)
+        self.perception_objects = bool(perception_objects)
         self.perception: PerceptionHeads | None = None
         self.tokens: dict[str, int] = {}
         self.tokenizer = None
@@ -141,7 +143,7 @@ class VideoLLMModule(PolicyStages, FramelabModule):
                                           step_runs=is_qwen3_vl(spec["config"]))
         dm = self.current_datamodule()
         if getattr(dm, "perception_labels", False):  # the heads exist when their labels do
-            self.perception = PerceptionHeads(self.config)
+            self.perception = PerceptionHeads(self.config, self.perception_objects)
         elif self.stage == "vision" or self.perception_weight > 0:
             raise UserError("module.stage=vision and module.perception_weight need the ground-truth "
                             "labels: set data.perception_labels=true (embedded world data)")

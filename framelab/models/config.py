@@ -30,7 +30,8 @@ class VisionConfig:
     channels: int = 3
     rope_theta: float = 10000.0
     attn_scope: str = "frame"  # "frame": attention within each tubelet time step; "video": all
-    stem: str = "linear"     # patch embedding: "linear" (ViT, Qwen-VL) | "conv" (two 3x3 convs first)
+    stem: str = "linear"     # patch embedding: "linear" (ViT, Qwen-VL) | "conv" (two 3x3 convs
+                             # within each patch first) | "cnn" (a small CNN over whole frames)
     norm_eps: float = 1e-6
     # per-channel pixel normalisation, (x - mean) / std on [0, 1] pixels (an image processor's
     # image_mean / image_std). 0.5 / 0.5 maps to [-1, 1]; the world experiments use the world's
@@ -72,8 +73,8 @@ class VisionConfig:
                 self.pixel_std) <= 0:
             raise ValueError(f"vision pixel_mean {list(self.pixel_mean)} / pixel_std "
                              f"{list(self.pixel_std)}: expected {self.channels} values each, std > 0")
-        if self.stem not in ("linear", "conv"):
-            raise ValueError(f"vision stem {self.stem!r}: expected linear or conv")
+        if self.stem not in ("linear", "conv", "cnn"):
+            raise ValueError(f"vision stem {self.stem!r}: expected linear, conv or cnn")
 
 
 @dataclass

@@ -24,11 +24,35 @@ MAX_COUNT = 8
 
 
 class PerceptionHeads(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """Linear heads of the perception loss; with `objects`, also a shape head on each object's
+    tokens pooled by their maximum (tower and projector)."""
+
+    def __init__(self, config: ModelConfig, objects: bool = False):
         super().__init__()
         self.tower = nn.ModuleDict({k: nn.Linear(config.vision.width, n) for k, n in ATTRIBUTES.items()})
         self.merged = nn.ModuleDict({k: nn.Linear(config.hidden, n) for k, n in ATTRIBUTES.items()})
         self.count = nn.Linear(config.hidden, MAX_COUNT + 1)
+        shapes = ATTRIBUTES["shape"] - 1
+        self.object_shape = nn.ModuleDict({"tower": nn.Linear(config.vision.width, shapes),
+                                           "merged": nn.Linear(config.hidden, shapes)}
+                                          ) if objects else None
+
+
+def _object_shape_loss(head: nn.Linear, x: torch.Tensor, labels: torch.Tensor,
+                       video: torch.Tensor) -> torch.Tensor:
+    """Shape of each object from the maximum over its tokens (an object: the tokens of one video
+    labelled with one colour and shape), so one token that shows the outline is enough."""
+    obj = labels[:, 0] != ATTRIBUTES["colour"] - 1
+    if not obj.any():
+        return x.sum() * 0.0
+    key = (video[obj] * ATTRIBUTES["colour"] + labels[obj, 0]) * ATTRIBUTES["shape"] + labels[obj, 1]
+    groups, index = torch.unique(key, return_inverse=True)
+    feats = x[obj]
+    pooled = feats.new_full((len(groups), feats.shape[1]), float("-inf")).scatter_reduce(
+        0, index[:, None].expand_as(feats), feats, "amax", include_self=False)
+    shape = torch.zeros(len(groups), dtype=torch.long, device=x.device).scatter(
+        0, index, labels[obj, 1])
+    return F.cross_entropy(head(pooled), shape)
 
 
 def _attribute_losses(heads: nn.ModuleDict, x: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -59,4 +83,9 @@ def perception_loss(vision: nn.Module, projector: nn.Module, heads: PerceptionHe
     terms = {f"tower_{k}": v for k, v in _attribute_losses(heads.tower, torch.cat(tokens), fine).items()}
     terms |= {f"merged_{k}": v for k, v in _attribute_losses(heads.merged, torch.cat(merged), coarse).items()}
     terms["count"] = F.cross_entropy(heads.count(torch.stack([m.mean(0) for m in merged])), count)
+    for name, feats, lab in ((("tower", tokens, fine), ("merged", merged, coarse))
+                             if heads.object_shape is not None else ()):
+        video = torch.cat([torch.full((len(f),), i, device=dev) for i, f in enumerate(feats)])
+        terms[f"{name}_object_shape"] = _object_shape_loss(heads.object_shape[name],
+                                                           torch.cat(feats), lab, video)
     return sum(terms.values()), {k: float(v.detach()) for k, v in terms.items()}

@@ -4,9 +4,10 @@ A video (T, 3, H, W) of pixels in [0, 1] (normalised per channel here, `pixel_me
 is cut into tubelets of temporal_patch × patch_size × patch_size pixels, embedded by one linear
 map (a Conv3d whose stride equals its kernel; `stem="linear"`, as ViT and Qwen-VL) or by two 3 × 3
 convolutions over each tubelet's pixels and then a linear map (`stem="conv"`: early convolutions,
-which let a small tower learn shapes several times faster), encoded by pre-norm transformer blocks with 2D
-rotary (h, w) positions, and merged `merge` × `merge` spatially by the projector (concatenate
-neighbours -> MLP -> LM width).
+which let a small tower learn shapes faster), or by a small CNN over each whole frame whose
+feature map is cut into the patches (`stem="cnn"`, the default tower), encoded by pre-norm
+transformer blocks with 2D rotary (h, w) positions, and merged `merge` × `merge` spatially by the
+projector (concatenate neighbours -> MLP -> LM width).
 A single image is a video of one frame, repeated to fill the temporal patch.
 
 Token order of one video, after merging: (t, h, w) row-major over the merged grid
@@ -70,6 +71,48 @@ class ConvStem(nn.Module):
         return self.proj(x.flatten(1)).reshape(*patches.shape[:-1], -1)
 
 
+class CNNStem(nn.Module):
+    """A small CNN over each whole tubelet step (frames stacked as channels): a 3 × 3 convolution,
+    one of stride 2, then `blocks` residual pairs of 3 × 3 convolutions; each patch's p/2 × p/2
+    cell of the feature map is then mapped linearly to its token. Unlike `ConvStem`, whose
+    convolutions stop at each patch's border, an object cut by a border is seen whole, and the
+    receptive field (about 7 + 8 · blocks pixels) spans the world's objects: with it the tower
+    learns shape several times faster (docs/notes/videollm.md)."""
+
+    def __init__(self, cfg: VisionConfig, channels: int = 32, blocks: int = 2):
+        super().__init__()
+        self.cin, self.p, self.m = cfg.channels * cfg.temporal_patch, cfg.patch_size, cfg.merge
+        if self.p % 2:
+            raise ValueError(f"stem=cnn needs an even patch_size, got {self.p}")
+        self.conv1 = nn.Conv2d(self.cin, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.res = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.GELU(),
+                          nn.Conv2d(channels, channels, 3, padding=1)) for _ in range(blocks))
+        self.act = nn.GELU()
+        self.proj = nn.Linear(channels * (self.p // 2) ** 2, cfg.width)
+
+    @property
+    def weight(self) -> torch.Tensor:  # its dtype is the tower's input dtype
+        return self.proj.weight
+
+    def forward(self, patches: torch.Tensor, grids: list[tuple[int, int, int]]) -> torch.Tensor:
+        """Patches (N, C * temporal_patch * p * p) in merged order with their grids -> (N, width)."""
+        p, m, q = self.p, self.m, self.p // 2
+        out = []
+        for x, (t, h, w) in zip(patches.split([t * h * w for t, h, w in grids]), grids):
+            # merged order (t, h/m, w/m, m, m | cin, p, p) -> frames (t, cin, h p, w p)
+            x = x.reshape(t, h // m, w // m, m, m, self.cin, p, p)
+            x = x.permute(0, 5, 1, 3, 6, 2, 4, 7).reshape(t, self.cin, h * p, w * p)
+            x = self.act(self.conv2(self.act(self.conv1(x))))
+            for block in self.res:
+                x = x + self.act(block(x))
+            # (t, C, h q, w q) -> each patch's q x q cell, back in merged order
+            x = x.reshape(t, -1, h // m, m, q, w // m, m, q).permute(0, 2, 5, 3, 6, 1, 4, 7)
+            out.append(self.proj(x.reshape(t * h * w, -1)))
+        return torch.cat(out)
+
+
 class VisionEncoder(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
@@ -77,7 +120,8 @@ class VisionEncoder(nn.Module):
         head_dim = cfg.width // cfg.heads
         patch_dim = cfg.channels * cfg.temporal_patch * cfg.patch_size ** 2
         self.qwen3_vl = cfg.flavour == "qwen3_vl"
-        self.patch_embed = nn.Linear(patch_dim, cfg.width) if cfg.stem == "linear" else ConvStem(cfg)
+        self.patch_embed = (nn.Linear(patch_dim, cfg.width) if cfg.stem == "linear" else
+                            CNNStem(cfg) if cfg.stem == "cnn" else ConvStem(cfg))
         if self.qwen3_vl:
             self.pos_embed = nn.Embedding(cfg.num_position_embeddings, cfg.width)
             self.blocks = nn.ModuleList(VisionBlock(cfg.width, cfg.heads, cfg.mlp_width,
@@ -159,7 +203,8 @@ class VisionEncoder(nn.Module):
             raise ValueError(f"{patches.shape[0]} patches but the grids {grids} hold "
                              f"{sum(lengths)}")
         dtype = self.patch_embed.weight.dtype
-        x = self.patch_embed(patches.to(dtype))
+        x = (self.patch_embed(patches.to(dtype), grids) if isinstance(self.patch_embed, CNNStem)
+             else self.patch_embed(patches.to(dtype)))
         if self.qwen3_vl:
             side = int(round(cfg.num_position_embeddings ** 0.5))
             idx, wgt = position_table_taps(grids, side, m, x.device)

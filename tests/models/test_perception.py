@@ -83,5 +83,8 @@ def test_the_perception_loss_trains_tower_and_projector_and_skips_unlabelled_vid
     assert model.vision.patch_embed.weight.grad.abs().sum() > 0
     assert model.projector.fc2.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.lm.parameters())
+    with_objects = PerceptionHeads(config, objects=True)
+    _, terms = perception_loss(model.vision, model.projector, with_objects, videos, [labels, None])
+    assert {"tower_object_shape", "merged_object_shape"} <= set(terms)
     zero, none = perception_loss(model.vision, model.projector, heads, videos, [None, None])
     assert float(zero.detach()) == 0.0 and none == {}
