@@ -34,6 +34,16 @@ def timeit(fn, warmup: int = 1, repeat: int = 3) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def time_alternately(steps: dict, repeat: int) -> dict:
+    """Median seconds of each `steps[name]()` over `repeat` rounds that run every step once in
+    turn (after one warm-up call each), so drift in the machine's load hits all of them."""
+    times = {name: [] for name in steps}
+    for _ in range(repeat):
+        for name, fn in steps.items():
+            times[name].append(timeit(fn, warmup=0 if times[name] else 1, repeat=1))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
 def print_table(rows: list[dict], columns: list[str]) -> None:
     cells = [[str(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]

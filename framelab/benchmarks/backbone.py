@@ -17,7 +17,7 @@ import sys
 import torch
 
 from framelab.benchmarks._common import (machine, peak_in_subprocess, print_table,
-                                         step_peak_bytes, timeit, write_json)
+                                         step_peak_bytes, time_alternately, write_json)
 
 
 def build(preset_name: str, vocab: int | None, layers: int | None):
@@ -102,11 +102,7 @@ def main(argv: list[str]) -> int:
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=device)
     steps = {"framelab": step_fn("framelab", ours, ids), "transformers": step_fn("hf", theirs, ids)}
     tokens = args.batch * args.seq
-    times = {name: [] for name in steps}
-    for _ in range(args.repeat):  # alternate, so drift in machine load hits both sides
-        for name, fn in steps.items():
-            times[name].append(timeit(fn, warmup=0 if times[name] else 1, repeat=1))
-    median = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    median = time_alternately(steps, args.repeat)
     peaks = {}
     for name, side in (("framelab", "framelab"), ("transformers", "hf")):
         if device == "cuda":

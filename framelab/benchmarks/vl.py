@@ -24,7 +24,7 @@ import tempfile
 import torch
 
 from framelab.benchmarks._common import (machine, peak_in_subprocess, print_table,
-                                         step_peak_bytes, timeit, write_json)
+                                         step_peak_bytes, time_alternately, write_json)
 from framelab.models.hf_qwen3_vl import DEFAULT_TOKENS
 
 SHAPE = {"vocab": 151936, "hidden": 512, "layers": 4, "heads": 8, "kv_heads": 4, "head_dim": 64,
@@ -191,11 +191,7 @@ def main(argv: list[str]) -> int:
     steps = {"framelab": step_fn("framelab", ours, inputs),
              "transformers": step_fn("transformers", theirs, inputs)}
     tokens = inputs["input_ids"].numel()
-    times = {name: [] for name in steps}
-    for _ in range(args.repeat):  # alternate, so drift in machine load hits both sides
-        for name, fn in steps.items():
-            times[name].append(timeit(fn, warmup=0 if times[name] else 1, repeat=1))
-    median = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    median = time_alternately(steps, args.repeat)
     peaks = {}
     if not args.no_memory:
         flags = ["--batch", str(args.batch), "--seq", str(args.seq), "--frames",
