@@ -5,7 +5,7 @@ is cut into tubelets of temporal_patch × patch_size × patch_size pixels, embed
 map (a Conv3d whose stride equals its kernel; `stem="linear"`, as ViT and Qwen-VL) or by two 3 × 3
 convolutions over each tubelet's pixels and then a linear map (`stem="conv"`: early convolutions,
 which let a small tower learn shapes faster), or by a small CNN over each whole frame whose
-feature map is cut into the patches (`stem="cnn"`, the default tower), encoded by pre-norm
+feature map is cut into the patches (`stem="cnn"`, an option), encoded by pre-norm
 transformer blocks with 2D rotary (h, w) positions, and merged `merge` × `merge` spatially by the
 projector (concatenate neighbours -> MLP -> LM width).
 A single image is a video of one frame, repeated to fill the temporal patch.
@@ -76,8 +76,9 @@ class CNNStem(nn.Module):
     one of stride 2, then `blocks` residual pairs of 3 × 3 convolutions; each patch's p/2 × p/2
     cell of the feature map is then mapped linearly to its token. Unlike `ConvStem`, whose
     convolutions stop at each patch's border, an object cut by a border is seen whole, and the
-    receptive field (about 7 + 8 · blocks pixels) spans the world's objects: with it the tower
-    learns shape several times faster (docs/notes/videollm.md)."""
+    receptive field (about 7 + 8 · blocks pixels) spans the world's objects: with the object
+    shape head it lifts the vision stage's shape probe from about 60 to 95 %
+    (docs/notes/videollm.md)."""
 
     def __init__(self, cfg: VisionConfig, channels: int = 32, blocks: int = 2):
         super().__init__()
