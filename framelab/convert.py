@@ -186,7 +186,7 @@ def calibration_batches(data_config: Path, n: int) -> list[dict]:
     dm.prepare_data()
     dm.setup("fit")
     it = iter(dm.train_dataloader())
-    return [next(it) for _ in range(n)]
+    return [dm.on_after_batch_transfer(next(it), 0) for _ in range(n)]
 
 
 def video_llm(src: dict, ckpt_path: str):

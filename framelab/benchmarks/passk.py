@@ -54,7 +54,7 @@ def build(ckpt: str, task: str, group: int, max_new_tokens: int):
 def documents(dm, module, n: int) -> list[dict]:
     docs = []
     for batch in dm.val_dataloader():
-        docs += module.prompt_documents(batch)
+        docs += module.prompt_documents(dm.on_after_batch_transfer(batch, 0))
         if len(docs) >= n:
             break
     if not docs:

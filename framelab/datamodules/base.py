@@ -1,6 +1,6 @@
 """What both streaming datamodules share: where each split's shards come from (the embedded
-world's cache or real shard folders), lock-step loaders, the resumable data position and skip
-logging.
+world's cache, real shard folders, or remote shards streamed through the shard cache: remote.py,
+shard_cache.py), lock-step loaders, the resumable data position and skip logging.
 
 Data position: `state_dict()` holds the training stream's epoch and the number of samples consumed
 in it by all ranks together (plus counters). Lightning stores it in checkpoints and gives it back
@@ -19,7 +19,10 @@ import lightning as L
 from omegaconf import OmegaConf
 
 from framelab.datamodules.lockstep import LockstepLoader, StreamState
+from framelab.datamodules.order import check_window, shuffle_mode
 from framelab.datamodules.reader import ShardSet
+from framelab.datamodules.remote import expand, is_remote, resolve
+from framelab.datamodules.shard_cache import CacheConfig, parse_bytes
 from framelab.datamodules.stream import SampleStream
 from framelab.datamodules.synth import ensure_world_shards, resolve_cache_dir
 from framelab.errors import UserError
@@ -38,7 +41,7 @@ class StreamingDataModule(L.LightningDataModule):
 
     def __init__(self, *, tasks, task_params, samples, shards, data_dir, cache_dir, test_splits,
                  frames_format, world_seed, seed, shuffle, num_workers, max_skip_rate, skip_check_after,
-                 weights=None):
+                 weights=None, shuffle_window=4, cache_limit="50GB", fetch_timeout=600.0, fetch_retries=3):
         super().__init__()
         tasks, task_params, samples, data_dir, test_splits = (
             plain(x) for x in (tasks, task_params, samples, data_dir, test_splits))
@@ -58,6 +61,14 @@ class StreamingDataModule(L.LightningDataModule):
         self.world_seed = world_seed
         self.seed = seed
         self.shuffle = shuffle
+        shuffle_mode(shuffle, False)                    # a bad value fails here, not in a worker
+        self.shuffle_window = check_window(shuffle_window)
+        if isinstance(fetch_timeout, bool) or not isinstance(fetch_timeout, (int, float)) or fetch_timeout <= 0:
+            raise UserError(f"data.fetch_timeout={fetch_timeout!r}: expected seconds > 0 (one download try)")
+        if isinstance(fetch_retries, bool) or not isinstance(fetch_retries, int) or fetch_retries < 0:
+            raise UserError(f"data.fetch_retries={fetch_retries!r}: expected an integer >= 0")
+        self.cache_config = CacheConfig(self.cache_dir / "shards", parse_bytes(cache_limit), float(fetch_timeout),
+                                        fetch_retries, ahead=self.shuffle_window)
         self.num_workers = num_workers
         self.max_skip_rate = max_skip_rate
         self.skip_check_after = skip_check_after
@@ -83,8 +94,8 @@ class StreamingDataModule(L.LightningDataModule):
             n = int(self.samples.get(split, 0))
         return round(n * self.weights.get(task, 1.0)) if split == "train" else n
 
-    def _folders(self, split: str) -> list[Path]:
-        """Shard folders of a split ([] when the split has no data)."""
+    def _folders(self, split: str) -> list:
+        """Shard folders (and remote shards) of a split ([] when the split has no data)."""
         if self.data_dir is not None:
             return self._real_folders(split)
         counts = {task: self._split_samples(split, task) for task in self.tasks}
@@ -92,9 +103,13 @@ class StreamingDataModule(L.LightningDataModule):
                                     self.frames_format, self.world_seed, progress=True)
                 for task, n in counts.items() if n > 0]
 
-    def _real_folders(self, split: str) -> list[Path]:
+    def _real_folders(self, split: str) -> list:
+        """A split's local shard folders (Paths) and remote shards (remote.RemoteShard)."""
         spec = self.data_dir
-        if isinstance(spec, (str, os.PathLike)):
+        if hasattr(spec, "get"):                               # {train: ..., val: ...}
+            entries = spec.get(split)
+            return [] if entries is None else resolve(expand(entries), self.cache_config, self.cache_config.timeout)
+        if isinstance(spec, (str, os.PathLike)) and not self._is_pattern(str(spec)):
             root = Path(spec)
             if not root.exists():
                 raise UserError(f"data_dir {root} does not exist; give a folder of shards "
@@ -102,23 +117,25 @@ class StreamingDataModule(L.LightningDataModule):
             if (root / split).is_dir():
                 return [root / split]
             return [root] if split == "train" else []
-        paths = spec.get(split) if hasattr(spec, "get") else None
-        if paths is None:
+        if split != "train":                                   # URLs or a list: the training set
             return []
-        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        return [Path(p) for p in paths]
+        return resolve(expand(spec), self.cache_config, self.cache_config.timeout)
+
+    @staticmethod
+    def _is_pattern(text: str) -> bool:
+        return is_remote(text) or "{" in text or "::" in text
 
     def shard_set(self, split: str) -> ShardSet | None:
         if split not in self._sets:
             folders = self._folders(split)
-            self._sets[split] = ShardSet(folders) if folders else None
+            self._sets[split] = ShardSet(folders, self.cache_config) if folders else None
         return self._sets[split]
 
     def prepare_data(self) -> None:
-        """Generate the embedded world's shards (first use only); called on one process per node."""
-        if self.data_dir is None:
-            for split in ["train", "val"] + self.test_splits:
-                self._folders(split)
+        """Generate the embedded world's shards (first use only), or index remote shards (kept in
+        the cache for the other processes); called on one process per node."""
+        for split in ["train", "val"] + self.test_splits:
+            self._folders(split)
 
     # ----------------------------------------------------------------- loaders
     def _loader(self, split: str, train: bool):
@@ -131,12 +148,29 @@ class StreamingDataModule(L.LightningDataModule):
                             "the same data, or start a new run")
         if train:
             self.state.num_samples = len(shards)
-        stream = SampleStream(shards, self._transform(split), self.seed, self.shuffle and train)
+        mode = shuffle_mode(self.shuffle if train else False, shards.remote)
+        self._check_cache(shards, mode)
+        stream = SampleStream(shards, self._transform(split), self.seed, mode, self.shuffle_window)
         state = self.state if train else StreamState()
         return LockstepLoader(stream, self._plan(train), self._collate(), state,
                               num_workers=self.num_workers, track_position=train,
                               max_skip_rate=self.max_skip_rate, skip_check_after=self.skip_check_after,
                               budget=self._batch_budget() if train else None)
+
+    def _check_cache(self, shards: ShardSet, mode: str) -> None:
+        """The cache must hold what readers need at once: all shards for a full shuffle, else two
+        blocks (the current and the next one) of the largest shards."""
+        if not shards.remote:
+            return
+        sizes = sorted((b or 0 for b in shards.sizes.values()), reverse=True)
+        block = {"full": len(sizes), "blocks": self.shuffle_window, "none": 1}[mode]
+        need = sum(sizes) if mode == "full" else 2 * sum(sizes[:block])
+        limit = self.cache_config.limit
+        if need > limit:
+            fix = ("use data.shuffle=blocks" if mode == "full" else "lower data.shuffle_window"
+                   if block > 1 else "use smaller shards")
+            raise UserError(f"data.cache_limit={limit} bytes cannot hold what shuffle={mode} reads at "
+                            f"once ({need} bytes of remote shards); raise data.cache_limit or {fix}")
 
     def _batch_budget(self):
         """None, or `budget(b) -> key` setting training batch b's budget (see lockstep.py)."""

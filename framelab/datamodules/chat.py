@@ -63,6 +63,7 @@ class ChatEncoder:
         self.vpad = tokenizer.token_to_id(VIDEO_PAD)
         self.newline = self._text("\n")
         self._header_cache: dict[str, list[int]] = {}
+        self._piece_cache: dict[str, list[int]] = {}   # text piece -> ids (prompts repeat)
 
     def _text(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids if text else []
@@ -73,11 +74,18 @@ class ChatEncoder:
         return self._header_cache[role]
 
     def _pieces(self, messages: list) -> list[list[int]]:
-        """Token ids of every text piece (split at media placeholders) of every message, encoded in
-        one batch call."""
+        """Token ids of every text piece (split at media placeholders) of every message; pieces
+        not seen before are encoded in one batch call and remembered (a bounded cache: system
+        prompts, questions and options recur across samples)."""
         texts = [piece for m in messages for piece in _MEDIA.split(m["content"])]
-        encoded = self.tok.encode_batch(texts, add_special_tokens=False) if texts else []
-        return [e.ids for e in encoded]
+        cache = self._piece_cache
+        new = list(dict.fromkeys(t for t in texts if t not in cache))
+        if new:
+            if len(cache) + len(new) > 65536:
+                cache.clear()
+            for text, e in zip(new, self.tok.encode_batch(new, add_special_tokens=False)):
+                cache[text] = e.ids
+        return [cache[t] for t in texts]
 
     def encode(self, messages: list, vision_counts: list[int],
                add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
@@ -123,9 +131,12 @@ class ChatEncoder:
         steps = self.video_layout == "qwen3_vl"
         if steps and (timestamps is None or len(timestamps) != len(counts)):
             raise ValueError("the qwen3_vl video layout needs each video's step timestamps")
-        for i, t in enumerate(ids):
-            if t != self.vstart:
-                continue
+        i = -1
+        while True:
+            try:
+                i = ids.index(self.vstart, i + 1)
+            except ValueError:
+                break
             if k >= len(counts):
                 raise ValueError(f"more vision blocks than the {len(counts)} videos")
             if steps:

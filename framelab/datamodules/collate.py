@@ -6,6 +6,7 @@ contracts (see VideoTextDataModule / ImageTokenDataModule).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from framelab.datamodules.chat import IGNORE
@@ -60,20 +61,21 @@ def collate_packed(items: list, pad_id: int, pad_to_multiple_of: int = 0) -> dic
     trailing document, so cu_seqlens[-1] always equals the row length. A batch without usable items
     is a single pad token (one document, no label)."""
     items = [it for it in items if "_skip" not in it]
-    ids = [torch.as_tensor(it["input_ids"], dtype=torch.long) for it in items]
-    labels = [torch.as_tensor(it["labels"], dtype=torch.long) for it in items]
+    ids = [it["input_ids"] for it in items]
+    labels = [it["labels"] for it in items]
     lengths = [len(x) for x in ids]
     total = sum(lengths)
     pad = (-total) % pad_to_multiple_of if pad_to_multiple_of else 0
     if total == 0:
         pad = max(pad, 1)
     if pad:
-        ids.append(torch.full((pad,), pad_id, dtype=torch.long))
-        labels.append(torch.full((pad,), IGNORE, dtype=torch.long))
+        ids.append(np.full(pad, pad_id, dtype=np.int64))
+        labels.append(np.full(pad, IGNORE, dtype=np.int64))
         lengths.append(pad)
     cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-    batch = {"input_ids": torch.cat(ids)[None], "labels": torch.cat(labels)[None], "cu_seqlens": cu,
+    cu[1:] = torch.from_numpy(np.cumsum(lengths, dtype=np.int32))
+    row = lambda parts: torch.from_numpy(np.concatenate(parts).astype(np.int64))[None]  # noqa: E731
+    batch = {"input_ids": row(ids), "labels": row(labels), "cu_seqlens": cu,
              **_common(items)}
     if items and "future" in items[0]:
         batch["future_videos"] = [it["future"] for it in items]

@@ -100,15 +100,36 @@ def frame_member(ext: str, prefix: str = "") -> bool:
     return ext == f"{prefix}npy" or (ext.startswith(prefix) and _FRAME.match(ext[len(prefix):]) is not None)
 
 
+_HEADERS: dict[bytes, tuple] = {}   # .npy header bytes -> (shape, fortran, dtype, data offset)
+
+
+def _npy_header(data: bytes) -> tuple:
+    """(shape, fortran order, dtype, data offset, item count) of a .npy member. Headers repeat from sample to
+    sample (same frame count and size), so each distinct one is parsed once per process."""
+    key = None
+    if data[:6] == b"\x93NUMPY" and len(data) >= 12:
+        start = 10 if data[6] == 1 else 12
+        end = start + int.from_bytes(data[8:start], "little")
+        key = bytes(data[:end])
+        found = _HEADERS.get(key)
+        if found is not None:
+            return found
+    buf = io.BytesIO(data)
+    version = np.lib.format.read_magic(buf)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = read_header(buf)
+    found = (shape, fortran, dtype, buf.tell(), int(np.prod(shape)))
+    if key is not None and len(_HEADERS) < 4096 and buf.tell() == len(key):
+        _HEADERS[key] = found
+    return found
+
+
 def _npy_view(data: bytes) -> np.ndarray:
     """Zero-copy view of a .npy member holding uint8 frames (T, H, W, 3) (or one frame H, W, 3)."""
     try:
-        buf = io.BytesIO(data)
-        version = np.lib.format.read_magic(buf)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(buf)
-        arr = np.frombuffer(data, dtype=dtype, offset=buf.tell(), count=int(np.prod(shape)))
+        shape, fortran, dtype, offset, count = _npy_header(data)
+        arr = np.frombuffer(data, dtype=dtype, offset=offset, count=count)
         arr = arr.reshape(shape, order="F" if fortran else "C")
     except Exception as e:  # noqa: BLE001 - malformed headers raise various errors
         raise SampleError("bad_frame", f"unreadable npy: {e}") from None
@@ -139,6 +160,12 @@ def select_frames(n: int, mode: str, max_frames: int, src_fps: float | None = No
     if len(pool) % 2:
         pool.append(pool[-1])
     return pool
+
+
+def as_float(video: torch.Tensor) -> torch.Tensor:
+    """uint8 frames (as they leave the loader when stored at the model's size) -> float32 in
+    [0, 1]; float frames are returned as they are."""
+    return video.float().div_(255.0) if video.dtype == torch.uint8 else video
 
 
 def to_tensor(frames: np.ndarray, size: tuple[int, int]) -> torch.Tensor:

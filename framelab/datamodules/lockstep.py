@@ -1,7 +1,7 @@
 """Main-process batching in lock step across ranks, with the data position and skip accounting.
 
-`LockstepLoader` wraps a `SampleStream` in a DataLoader (workers decode and tokenize single items)
-and forms batches in the main process. Each step every rank takes the same number c of items from
+`LockstepLoader` wraps a `SampleStream` in a DataLoader (workers decode and tokenize items and hand
+them over a few at a time, stream.py) and forms batches in the main process. Each step every rank takes the same number c of items from
 its own slice, so after any step the samples consumed by all ranks together are exactly the first
 `consumed` positions of the epoch's global order; that single number is the data position. c is
 the smallest of the ranks' own choices (`plan`: greedy packing up to a token budget, or a fixed
@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from framelab.datamodules.stream import SampleStream, per_rank
+from framelab.datamodules.stream import Chunks, SampleStream, per_rank
 from framelab.errors import DataStop
 
 _GROUPS: dict[int, object] = {}
@@ -91,7 +91,7 @@ class LockstepLoader:
 
     def _loader(self) -> DataLoader:
         extra = {"prefetch_factor": self.prefetch_factor} if self.num_workers else {}
-        return DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
+        return DataLoader(Chunks(self.stream), batch_size=None, num_workers=self.num_workers,
                           collate_fn=_identity, persistent_workers=False, **extra)
 
     def __iter__(self):
@@ -101,7 +101,9 @@ class LockstepLoader:
         else:  # evaluation: always the whole epoch 0 from the start
             epoch, consumed = 0, 0
         self.stream.configure(epoch, consumed, rank, world)
-        source = iter(self._loader())
+        # without workers the stream is read in this process directly (a DataLoader adds nothing)
+        chunks = self._loader() if self.num_workers else self.stream.chunks()
+        source = (item for chunk in chunks for item in chunk)
         pending: deque = deque()
         batches, key = self.state.batches, None
 

@@ -9,7 +9,8 @@ Media paths are relative to --videos; a path may be a video file, an image, or a
 Records that cannot be used are skipped and counted per reason (malformed, missing_file,
 undecodable, timeout: decoding took longer than --record-timeout); the report names the first few
 offenders of each reason and is also written to OUT/pack_report.json. An annotation file without
-any record, or options out of range, are a UserError.
+any record, or options out of range, are a UserError. OUT may be remote: a URL template with
+`{name}`, e.g. `pipe:aws s3 cp - s3://bucket/set/{name}` (targets.py).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from framelab.datamodules.media import DecodeTimeout, MediaError, load_media, time_limit
 from framelab.datamodules.shards import ShardWriter, encode_frames, shard_entry, write_manifest
+from framelab.datamodules.targets import Target
 from framelab.errors import UserError
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -150,7 +152,7 @@ def _key(rid: str | None, line: int, used: set) -> str:
 
 def pack(videos: str, annotations: str, out: str, opts: PackOptions) -> PackReport:
     """Convert; returns the report (also written to OUT/pack_report.json)."""
-    videos_dir, ann_path, root = Path(videos), Path(annotations), Path(out)
+    videos_dir, ann_path = Path(videos), Path(annotations)
     if not videos_dir.is_dir():
         raise UserError(f"--videos {videos_dir} is not a folder; give the folder the annotation paths are relative to")
     if not ann_path.is_file():
@@ -161,7 +163,15 @@ def pack(videos: str, annotations: str, out: str, opts: PackOptions) -> PackRepo
     if first is None:
         raise UserError(f"--annotations {ann_path} holds no records; give a JSONL file with one "
                         "conversation record per line (or a .json list of them)")
-    root.mkdir(parents=True, exist_ok=True)
+    target = Target(out)
+    try:
+        return _pack(records, first, videos_dir, ann_path, target, opts)
+    finally:
+        target.close()
+
+
+def _pack(records, first, videos_dir: Path, ann_path: Path, target: Target, opts: PackOptions) -> PackReport:
+    root = target.root
     report, used, entries = PackReport(), set(), []
     writer, shard = None, 0
     for line, record in tqdm(itertools.chain([first], records), desc="pack", unit="record",
@@ -193,15 +203,18 @@ def pack(videos: str, annotations: str, out: str, opts: PackOptions) -> PackRepo
         if writer.count == opts.samples_per_shard:
             writer.close()
             entries.append(shard_entry(writer, root))
+            target.publish(writer.path)
             writer, shard = None, shard + 1
     if writer is not None:
         writer.close()
         entries.append(shard_entry(writer, root))
+        target.publish(writer.path)
     (root / "pack_report.json").write_text(json.dumps(report.as_dict(), indent=1))
+    target.publish(root / "pack_report.json")
     if report.written:
-        write_manifest(root, {"created_by": "framelab data pack", "split": opts.split,
+        target.publish(write_manifest(root, {"created_by": "framelab data pack", "split": opts.split,
                               "source": str(ann_path), "frames_format": opts.frames_format,
                               "samples": report.written, "counts": {"skipped": dict(report.skipped)},
                               "options": {"fps": opts.fps, "max_frames": opts.max_frames, "size": opts.size},
-                              "shards": entries})
+                              "shards": entries}))
     return report

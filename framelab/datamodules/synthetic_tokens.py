@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from framelab.datamodules.lockstep import dist_info
-from framelab.datamodules.stream import epoch_order
+from framelab.datamodules.order import epoch_order
 from framelab.errors import UserError
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}

@@ -9,9 +9,11 @@ max_tokens without cutting any (cu_seqlens), or pad a fixed number of samples pe
 
 Batch (dict): input_ids (B, S) long; labels (B, S) long, unshifted, -100 where no loss;
 attention_mask (B, S) when not packed; cu_seqlens (n_docs + 1,) int32 when packed (B = 1; with
-pad_to_multiple_of the padding is one extra trailing document); videos: list of float32 (T, 3, H, W)
-in [0, 1], T even, in order of their vision blocks (text-only samples -- annotation num_frames 0,
-no media placeholder -- have none); future_videos when load_future; sample_ids;
+pad_to_multiple_of the padding is one extra trailing document); videos: list of (T, 3, H, W), T
+even, in order of their vision blocks (text-only samples -- annotation num_frames 0, no media
+placeholder -- have none): uint8 as they leave the loader when no float resampling was needed,
+float32 in [0, 1] once `on_after_batch_transfer` has run (Lightning runs it on the device; plain
+loops call `dm.on_after_batch_transfer(batch, 0)`); future_videos when load_future; sample_ids;
 meta (task, answer, choices, spans, ... per sample); with perception_labels, vision_labels: per
 video the dense ground-truth labels of its tokens (`perception_labels.clip_labels`; None for a
 sample without ground truth), for the vision stage. A sample too long for max_tokens even at
@@ -33,7 +35,8 @@ import torch
 from framelab.datamodules.base import StreamingDataModule, plain
 from framelab.datamodules.chat import VIDEO_LAYOUTS, ChatEncoder, vision_tokens
 from framelab.datamodules.collate import batch_size_plan, collate_packed, collate_padded, token_budget_plan
-from framelab.datamodules.decode import SAMPLING, FrameSource, annotation, frame_member, select_frames, to_tensor
+from framelab.datamodules.decode import (SAMPLING, FrameSource, annotation, as_float, frame_member,
+                                        select_frames, to_tensor)
 from framelab.datamodules.perception_labels import clip_labels
 from framelab.datamodules.qwen3_vl_inputs import (QWEN3_VL_VIDEO, VisionPreprocess, frame_timestamps,
                                                    resize, sample_indices, video_size)
@@ -81,11 +84,13 @@ class VideoTransform:
         return index, size, ids, labels
 
     def pixels(self, frames: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-        """uint8 (T, H, W, 3) -> float32 (T, 3, h, w) in [0, 1] at `size`."""
-        if self.processor is None:
-            return to_tensor(frames, size)
+        """uint8 (T, H, W, 3) -> (T, 3, h, w) at `size`: uint8 when no resampling in float is
+        needed (the datamodule's on_after_batch_transfer makes it float32 in [0, 1] on the
+        device), else float32 in [0, 1]."""
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-        return resize(x, *size).float().div_(255.0)
+        if self.processor is None:
+            return x if tuple(x.shape[-2:]) == tuple(size) else to_tensor(frames, size)
+        return resize(x, *size)
 
     def wants(self, ext: str) -> bool:
         """Members read per sample: the annotation, the frames (and future frames when loaded)."""
@@ -94,7 +99,8 @@ class VideoTransform:
 
     def budget(self) -> tuple[int, int]:
         """(max frames, max tokens per packed row; 0 when not packing) in force now."""
-        return int(self.budget_tensor[0]), int(self.budget_tensor[1]) if self.pack else 0
+        frames, tokens = self.budget_tensor.tolist()
+        return frames, tokens if self.pack else 0
 
     def __call__(self, members: dict, ref, budget: tuple[int, int] | None = None) -> dict:
         ann = annotation(members)
@@ -188,12 +194,15 @@ class VideoTextDataModule(StreamingDataModule):
                  batch_size: int = 4, load_future: bool = False, num_workers: int = 0, seed: int = 0,
                  shuffle: bool = True, max_skip_rate: float = 0.05, skip_check_after: int = 64,
                  weights: dict | None = None, perception_labels: bool = False,
-                 video_layout: str = "framelab", processor: str | None = None):
+                 video_layout: str = "framelab", processor: str | None = None, shuffle_window: int = 4,
+                 cache_limit="50GB", fetch_timeout: float = 600.0, fetch_retries: int = 3):
         super().__init__(tasks=tasks, task_params=task_params, weights=weights,
                          samples=samples if samples is not None else {"train": 512, "val": 64, "test": 64, "ood": 64},
                          shards=shards, data_dir=data_dir, cache_dir=cache_dir, test_splits=test_splits,
                          frames_format=frames_format, world_seed=world_seed, seed=seed, shuffle=shuffle,
-                         num_workers=num_workers, max_skip_rate=max_skip_rate, skip_check_after=skip_check_after)
+                         num_workers=num_workers, max_skip_rate=max_skip_rate, skip_check_after=skip_check_after,
+                         shuffle_window=shuffle_window, cache_limit=cache_limit, fetch_timeout=fetch_timeout,
+                         fetch_retries=fetch_retries)
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(plain(image_size))
         if any(s % (2 * patch_size) for s in self.image_size):
             raise UserError(f"data.image_size {self.image_size} must be a multiple of 2 x patch_size "
@@ -247,7 +256,7 @@ class VideoTextDataModule(StreamingDataModule):
     # budgets ----------------------------------------------------------------------------------
     @property
     def max_frames(self) -> int:
-        return int(self._budget[0])
+        return self._budget.tolist()[0]   # tolist: int() of a tensor element costs far more
 
     def set_max_frames(self, n: int) -> None:
         """Change the frame budget for samples decoded from now on (running workers included)."""
@@ -257,7 +266,7 @@ class VideoTextDataModule(StreamingDataModule):
 
     @property
     def max_tokens(self) -> int:
-        return int(self._budget[1])
+        return self._budget.tolist()[1]
 
     def set_max_tokens(self, n: int) -> None:
         """Change the packed-row token budget for rows formed and samples decoded from now on."""
@@ -310,6 +319,15 @@ class VideoTextDataModule(StreamingDataModule):
                             f"{self.patch_size} (data.patch_size), merge 2, temporal patch 2")
         return cfg
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Frames travel as uint8 (a quarter of the bytes, no conversion in the workers) and
+        become float32 in [0, 1] here, on the device (Lightning calls this after moving the batch;
+        plain loops call it themselves)."""
+        for key in ("videos", "future_videos"):
+            if batch.get(key):
+                batch[key] = [as_float(v) for v in batch[key]]
+        return batch
+
     # pieces for the base class ----------------------------------------------------------------
     def _transform(self, split: str) -> VideoTransform:
         self.setup()
@@ -320,7 +338,7 @@ class VideoTextDataModule(StreamingDataModule):
     def _plan(self, train: bool):
         if self.pack:
             budget = self._budget
-            return token_budget_plan(lambda: int(budget[1]), self.max_samples_per_pack)
+            return token_budget_plan(lambda: budget.tolist()[1], self.max_samples_per_pack)
         return batch_size_plan(self.batch_size)
 
     def _collate(self):

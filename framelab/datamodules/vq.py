@@ -23,7 +23,7 @@ class PatchVQ:
     def __init__(self, codebook: np.ndarray, patch: int):
         self.codebook = torch.as_tensor(np.asarray(codebook, np.float32))
         self.patch = int(patch)
-        self._np = None  # numpy copy of the codebook for encode (built on first use)
+        self._np = None  # (codebook transposed, squared norms) for encode (built on first use)
         if self.codebook.shape[1] != self.patch * self.patch * 3:
             raise ValueError(f"codebook width {self.codebook.shape[1]} does not match patch {patch}")
 
@@ -48,19 +48,21 @@ class PatchVQ:
         return idx, dist
 
     def encode(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, 3) -> int64 (N, h*w); numpy, cheap enough for a DataLoader worker."""
+        """uint8 (N, H, W, 3) -> int64 (N, h*w). In torch, which runs as many threads as the process
+        is given (one in a DataLoader worker), not numpy's BLAS, whose own threads contend with the
+        other workers for the cores and make each small product many times slower."""
         images = np.asarray(images)
         n, h, w, _ = images.shape
         p = self.patch
         if h % p or w % p:
             raise ValueError(f"image {h}x{w} is not a multiple of the patch size {p}")
-        x = images.reshape(n, h // p, p, w // p, p, 3).transpose(0, 1, 3, 2, 4, 5)
-        x = x.reshape(-1, p * p * 3).astype(np.float32) * (1.0 / 255.0)
+        x = torch.from_numpy(np.ascontiguousarray(images)).reshape(n, h // p, p, w // p, p, 3)
+        x = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, p * p * 3).float().mul_(1.0 / 255.0)
         if self._np is None:
-            cb = self.codebook.numpy()
-            self._np = (np.ascontiguousarray(cb.T), (cb * cb).sum(1))
+            self._np = (self.codebook.T.contiguous(), self.codebook.pow(2).sum(1))
         cb_t, cb_sq = self._np
-        return (cb_sq - 2.0 * (x @ cb_t)).argmin(1).reshape(n, -1).astype(np.int64)
+        with torch.no_grad():
+            return (cb_sq - 2.0 * (x @ cb_t)).argmin(1).reshape(n, -1).numpy()
 
     def decode(self, tokens, grid: tuple[int, int]) -> torch.Tensor:
         tokens = torch.as_tensor(tokens, dtype=torch.long)

@@ -59,12 +59,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_distributed(world: int, jobs: list, out_dir) -> list[list[dict]]:
+def run_distributed(world: int, jobs: list, out_dir, start_method: str = "spawn") -> list[list[dict]]:
     """Run each job (dm_kwargs, state, steps, epochs) in turn with `consume` on `world` spawned
-    ranks (one spawn for all jobs: starting processes is the slow part). Returns, per job, each
-    rank's result."""
+    ranks (one spawn for all jobs: starting processes is the slow part; "fork" skips the imports).
+    Returns, per job, each rank's result."""
     mp.start_processes(_rank_main, args=(world, free_port(), jobs, str(out_dir)), nprocs=world,
-                       join=True, start_method="spawn")
+                       join=True, start_method=start_method)
     per_rank = []
     for r in range(world):
         with open(os.path.join(out_dir, f"rank{r}.json")) as f:

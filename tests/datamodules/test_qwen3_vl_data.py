@@ -59,7 +59,7 @@ def batches(root, ckpt, **kw):
                              processor="qwen3_vl", shuffle=False,
                              **{"max_frames": 64, "pack": False, "batch_size": 1, **kw})
     dm.setup("fit")
-    return list(dm.train_dataloader())
+    return [dm.on_after_batch_transfer(b, 0) for b in dm.train_dataloader()]  # frames to float, as on the device
 
 
 def test_datamodule_equals_the_processor(setup):

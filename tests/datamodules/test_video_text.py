@@ -62,6 +62,8 @@ def test_packed_batches_match_contract(cache):
     sid = dm.special_ids
     seen = []
     for batch in dm.train_dataloader():
+        assert all(v.dtype == torch.uint8 for v in batch["videos"])  # frames travel as bytes...
+        batch = dm.on_after_batch_transfer(batch, 0)                  # ...and become float on the device
         ids, labels, cu = batch["input_ids"], batch["labels"], batch["cu_seqlens"]
         assert ids.shape[0] == 1 and labels.shape == ids.shape and cu.dtype == torch.int32
         assert int(cu[-1]) == ids.shape[1] <= dm.max_tokens
