@@ -22,9 +22,11 @@ def composed(name: str):
         return compose("fit", overrides=[f"experiment={name}"])
 
 
-def small_data(name: str, real_shards: Path) -> list[str]:
+def small_data(name: str, real_shards: Path, teacher=None) -> list[str]:
     """Overrides that keep the experiment's data small: fewer generated samples, and a real-data
-    experiment (no world tasks, data_dir to be given) pointed at a few world shards."""
+    experiment (no world tasks, data_dir to be given) pointed at a few world shards. A distillation
+    experiment rolls out fewer, shorter replies; one that needs a teacher checkpoint gets
+    `teacher()` (a tiny one trained here)."""
     data, out = composed(name).data, []
     if "samples" in data:
         out.append(SMALL_SAMPLES)
@@ -36,7 +38,28 @@ def small_data(name: str, real_shards: Path) -> list[str]:
         out += ["data.train_size=64", "data.val_size=16"]
     if composed(name).module.get("stage") == "opd":   # self-distillation: no teacher checkpoint
         out += ["module.opd.teacher=null", "module.opd.teacher_prompt=answer"]
+    module = composed(name).module
+    if module.get("teacher") in ("visual_cue", "answer", "stronger"):          # ViCuR
+        out += ["module.rl.prompts=2", "module.rl.max_new_tokens=2",
+                "module.evaluation.max_new_tokens=2"]
+        if module.teacher == "stronger":
+            out.append(f"module.opd.teacher={teacher()}")
     return out
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(workdir):
+    """A tiny video-LLM checkpoint of the world tokenizer (the stronger teacher's stand-in): the
+    answer-teacher experiment's, when it has run already."""
+    done = workdir / "runs" / "vicur_answer_teacher" / "checkpoints" / "last.ckpt"
+    if done.is_file():
+        return done
+    run = workdir / "runs" / "teacher"
+    args = ["fit", "experiment=vicur_answer_teacher", "trainer.max_steps=1",
+            "trainer.limit_val_batches=0", "logger=csv", SMALL_SAMPLES, "module.rl.prompts=2",
+            "module.rl.max_new_tokens=2", f"hydra.run.dir={run}"]
+    assert main(args) == 0, args
+    return run / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +71,17 @@ def workdir(tmp_path_factory):
 
 
 def test_every_experiment_file_is_covered():
-    assert {"debug", "sar", "videollm_cpt", "videollm_sft", "videollm_real"} <= set(EXPERIMENTS)
+    assert {"debug", "sar", "videollm_cpt", "videollm_sft", "videollm_real", "vicur",
+            "vicur_answer_teacher", "vicur_stronger_teacher"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_composes_and_trains_two_steps(name, workdir, monkeypatch):
+def test_experiment_composes_and_trains_two_steps(name, workdir, monkeypatch, request):
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("FRAMELAB_CACHE", str(workdir / "cache"))
-    args = ["fit", f"experiment={name}", *TWO_STEPS, *small_data(name, workdir / "real"),
+    teacher = lambda: request.getfixturevalue("teacher_ckpt")   # noqa: E731
+    args = ["fit", f"experiment={name}", *TWO_STEPS, *small_data(name, workdir / "real", teacher),
             f"hydra.run.dir={workdir / 'runs' / name}"]
     assert main(args) == 0, args
     run = workdir / "runs" / name

@@ -2,8 +2,11 @@
 rewards) and `opd` (on-policy distillation from a teacher), over the RL engine in `framelab.rl`.
 
 A module mixes in `PolicyStages` and provides `prompt_documents(batch)` (dicts with "prompt" ids,
-"videos" and the question's "meta") and `decode_text(ids)`; its model has `MultimodalLM`'s
-interface. One training step, under manual optimisation:
+"videos", the question's "meta" and the "reference" reply ids), `decode_text(ids)`,
+`stop_tokens()` (the end-of-turn id first), `pad_id()` and a `tokenizer` attribute; its model has
+`MultimodalLM`'s interface. A module may override `teacher_input(doc, videos)` to give the teacher
+another prompt and other frames (ViCuR's privileged cues). One training step, under manual
+optimisation:
 
 1. **Roll out** (`framelab.rl.rollout`): G samples for each of `rl.prompts` prompts of the batch,
    with the KV cache, from the step's saved generator. `rl.dynamic_sampling` (DAPO) drops groups
@@ -14,8 +17,10 @@ interface. One training step, under manual optimisation:
    tokens under the teacher's prompt (`opd.teacher_prompt`: `same`, or `answer`: the reference
    reply written into the question; `opd.teacher` null: the frozen starting policy, i.e.
    self-distillation from a privileged prompt) -- `opd.form=pg`: per-token advantages -coef (log p_s - log p_t)
-   through the clipped policy loss (the released OPD form); `opd.form=gjsd`: the generalized JSD
-   (`opd.beta`; 1 = reverse KL) on the student's samples (GKD with on-policy data).
+   through the clipped policy loss (the released OPD form; `opd.logp_floor` and `opd.kl_clamp`
+   clamp the log-probs and the per-token log-ratio as ViCuR's release does, null: no clamp);
+   `opd.form=gjsd`: the generalized JSD (`opd.beta`; 1 = reverse KL) on the student's samples
+   (GKD with on-policy data).
 3. **Update**: `rl.epochs` passes over `rl.minibatches` minibatches of whole groups, one optimiser
    step each, the behaviour log-probs held fixed (with one pass and one minibatch they are the
    current log-probs, detached: the ratio is 1 and the gradient is the policy gradient).
@@ -55,7 +60,8 @@ RL_DEFAULTS = {
     "log_rollouts": 4,
 }
 OPD_DEFAULTS = {"teacher": None,  # None: the frozen starting policy (self-distillation)
-                 "form": "pg", "beta": 1.0, "coef": 1.0, "teacher_prompt": "same"}
+                 "form": "pg", "beta": 1.0, "coef": 1.0, "teacher_prompt": "same",
+                 "logp_floor": None, "kl_clamp": None}
 TEACHER_PROMPTS = ("same", "answer")
 
 
@@ -79,6 +85,11 @@ def policy_config(rl: dict | None, opd: dict | None) -> tuple[dict, dict]:
     if opd["teacher_prompt"] not in TEACHER_PROMPTS:
         raise UserError(f"module.opd.teacher_prompt={opd['teacher_prompt']!r}; choose one of "
                         f"{', '.join(TEACHER_PROMPTS)}")
+    for key, sign in (("logp_floor", -1), ("kl_clamp", 1)):
+        if opd[key] is not None and not float(opd[key]) * sign > 0:
+            side = "negative" if sign < 0 else "positive"
+            raise UserError(f"module.opd.{key}={opd[key]}: expected a {side} number (ViCuR's "
+                            "release: -10 and 10) or null for none")
     return rl, opd
 
 
@@ -107,8 +118,9 @@ class PolicyStages:
 
     def load_teacher(self, path: str):
         source = checkpoints.read_weights(path, "module.opd.teacher")
-        if dict(source["spec"].get("tokens") or {}) != dict(self.model_spec["tokens"]) or \
-                source["spec"]["config"].get("vocab_size") != self.config.vocab_size:
+        theirs, mine = dict(source["spec"].get("tokens") or {}), dict(self.model_spec["tokens"])
+        if any(theirs[k] != mine[k] for k in set(theirs) & set(mine)) or \
+                source["spec"]["config"].get("vocab_size") != self.model_spec["config"]["vocab_size"]:
             raise UserError(f"module.opd.teacher={path}: its tokenizer ids or vocabulary differ from "
                             "the student's; distil from a teacher trained on the same data")
         model = self.build_model(source["spec"])
@@ -123,11 +135,15 @@ class PolicyStages:
                 self._generator.set_state(self._generator_state)
         return self._generator
 
-    def save_policy_state(self, checkpoint: dict) -> None:
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The sampling generator's state goes into every checkpoint of a policy stage (exact
+        resume); a cooperative hook: the module's other bases save theirs first."""
+        super().on_save_checkpoint(checkpoint)
         if self.stage in POLICY_STAGES:
             checkpoint[GENERATOR_KEY] = self.generator().get_state()
 
-    def load_policy_state(self, checkpoint: dict) -> None:
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         if GENERATOR_KEY in checkpoint:
             self._generator_state = checkpoint[GENERATOR_KEY]
             self._generator = None
@@ -224,11 +240,12 @@ class PolicyStages:
         return {**out, **stats}
 
     def score_chunk(self, part: Rollout, prompts=None, with_grad: bool = True, model=None,
-                    entropy: bool = False) -> dict:
-        """Log-probs (and hidden states) of `part`'s completions under `model` (the policy)."""
+                    entropy: bool = False, videos=None) -> dict:
+        """Log-probs (and hidden states) of `part`'s completions under `model` (the policy), after
+        `prompts` and `videos` (None: the rollout's own)."""
         model = model if model is not None else self.model
-        packed = pack(prompts or part.prompts, part.completions, part.videos, self.device,
-                      self.pad_id())
+        packed = pack(prompts or part.prompts, part.completions,
+                      videos if videos is not None else part.videos, self.device, self.pad_id())
         with torch.set_grad_enabled(with_grad):
             hidden = completion_hidden(model, packed)
             logp, ent = token_logprobs(hidden, model.lm.output_weight, packed,
@@ -248,8 +265,9 @@ class PolicyStages:
             ref = self.score_chunk(part, with_grad=False, model=self.frozen("reference"))["logp"]
         if self.stage == "opd":
             teacher = self.frozen("teacher")
-            prompts = [self.teacher_prompt(d) for d in part.extra["doc"]]
-            t = self.score_chunk(part, prompts, with_grad=False, model=teacher)
+            inputs = [self.teacher_input(d, v) for d, v in zip(part.extra["doc"], part.videos)]
+            t = self.score_chunk(part, [p for p, _ in inputs], with_grad=False, model=teacher,
+                                 videos=[v for _, v in inputs])
             if self.opd_cfg["form"] == "gjsd":
                 loss = chunked_generalized_jsd(
                     cur["hidden"], self.model.lm.output_weight, t["hidden"],
@@ -257,7 +275,9 @@ class PolicyStages:
                     temperature=float(cfg["temperature"]), mask=mask[packed.mask])
                 kl = (old - t["logp"])[mask].mean()
                 return loss, {"gjsd": loss.item(), "teacher_kl": kl.item()}
-            adv = opd_advantages(old, t["logp"], float(self.opd_cfg["coef"]), mask)
+            adv = opd_advantages(old, t["logp"], float(self.opd_cfg["coef"]), mask,
+                                 clamp=self.opd_cfg["kl_clamp"],
+                                 logp_floor=self.opd_cfg["logp_floor"])
             teacher_kl = (old - t["logp"])[mask].mean().item()
         loss, stats = policy_loss(cur["logp"], old, adv, mask, loss_type=cfg["loss_type"],
                                   clip_low=cfg["clip_low"], clip_high=cfg["clip_high"],
@@ -273,6 +293,33 @@ class PolicyStages:
         if self.stage == "opd":
             stats["teacher_kl"] = teacher_kl
         return loss, stats
+
+    # ---- the teacher's input ----------------------------------------------------------------
+    def teacher_input(self, doc: dict, videos: list) -> tuple[list[int], list]:
+        """The teacher's prompt ids and videos for a document whose rollout saw `videos`."""
+        return self.teacher_prompt(doc), videos
+
+    def teacher_prompt(self, doc: dict) -> list[int]:
+        """The student's prompt (`opd.teacher_prompt=same`), or with the reference reply written at
+        the end of the question (`answer`)."""
+        if self.opd_cfg["teacher_prompt"] == "same":
+            return doc["prompt"]
+        return self.answer_prompt(doc, "module.opd.teacher_prompt=answer")
+
+    def answer_prompt(self, doc: dict, what: str) -> list[int]:
+        """The document's prompt with " Reference answer: <reply>" at the end of the question."""
+        return self.privileged_prompt(
+            doc["prompt"], f" Reference answer: {self.decode_text(doc['reference'])}", what)
+
+    def privileged_prompt(self, prompt: list[int], text: str, what: str) -> list[int]:
+        """`prompt` with `text` written at the end of its last user turn (before the turn's end
+        token): a privileged context only the teacher reads."""
+        if getattr(self, "tokenizer", None) is None:
+            raise UserError(f"{what} needs the datamodule's tokenizer")
+        hint = self.tokenizer.encode(text, add_special_tokens=False).ids
+        end_of_turn = self.stop_tokens()[0]
+        end = max(i for i, t in enumerate(prompt) if t == end_of_turn)
+        return prompt[:end] + hint + prompt[end:]
 
     # ---- logging ----------------------------------------------------------------------------
     def log_stats(self, stats: dict, prefix: str) -> None:

@@ -46,22 +46,21 @@ from torch import nn
 
 from framelab.datamodules.special_tokens import IM_END, PAD, VIDEO_PAD
 from framelab.errors import UserError
-from framelab.evaluation.video_qa import (ANSWERED, VideoQAEvaluator, data_parallel,
-                                          evaluation_config)
+from framelab.evaluation.video_qa import VideoQAEvaluator, data_parallel, evaluation_config
 from framelab.kernels import linear_cross_entropy
-from framelab.lightning_modules.base import FramelabModule, build_model_config
+from framelab.lightning_modules.base import FramelabModule
 from framelab.lightning_modules.policy import POLICY_STAGES, PolicyStages
 from framelab.lightning_modules.qwen3_vl import is_qwen3_vl, qwen3_vl_model, qwen3_vl_spec
+from framelab.lightning_modules.video_qa import SHAPE_KEYS, VideoQASteps, world_model_spec
 from framelab.models.config import ModelConfig
 from framelab.models.multimodal import MultimodalLM
 from framelab.models.perception import PerceptionHeads, perception_loss
 
 STAGES = ("vision", "cpt", "sft") + POLICY_STAGES
 PARTS = ("vision", "projector", "lm")
-SHAPE_KEYS = ("kv_lora_rank", "qk_rope_dim")
 
 
-class VideoLLMModule(PolicyStages, FramelabModule):
+class VideoLLMModule(VideoQASteps, PolicyStages, FramelabModule):
     def __init__(self, model: dict, stage: str = "sft", freeze: dict | None = None,
                  init_from: str | None = None, init_parts: list[str] | None = None,
                  evaluation: dict | None = None, loss_chunk_size: int = 4096,
@@ -101,41 +100,14 @@ class VideoLLMModule(PolicyStages, FramelabModule):
         self.evaluator: VideoQAEvaluator | None = None
 
     # ---- model ------------------------------------------------------------------------------
-    def on_datamodule(self, dm) -> None:
-        if dm is not None and getattr(dm, "tokenizer", None) is None and hasattr(dm, "setup"):
-            dm.setup("fit")
-        if dm is not None:
-            self.tokenizer = getattr(dm, "tokenizer", None)
-            if self.evaluator is not None:
-                self.evaluator.tokenizer = self.tokenizer
-
     def model_config(self, dm, init_spec: dict | None) -> dict:
         """The LM and vision config with the datamodule's vocabulary; M²LA shape keys left null
         are taken from the `init_from` checkpoint."""
-        if dm is None or not hasattr(dm, "special_ids"):
-            raise UserError("VideoLLMModule needs a video-text datamodule (data=video_world, "
-                            "world_mixture, video_needle, video_future or video_real)")
-        if init_spec is not None and is_qwen3_vl(init_spec["config"]):
+        if init_spec is not None and is_qwen3_vl(init_spec["config"]) and \
+                hasattr(dm, "special_ids"):
             return qwen3_vl_spec(dm, init_spec, self.init_from, self.model_cfg.get("preset"))
-        cfg = dict(self.model_cfg)
-        cfg["vocab_size"] = cfg.get("vocab_size") or dm.vocab_size
-        vision, patch = dict(cfg.get("vision") or {}), getattr(dm, "patch_size", None)
-        if vision.get("patch_size") is None:
-            vision["patch_size"] = patch           # the data's patch size fixes the token count
-        cfg["vision"] = vision
-        for key in SHAPE_KEYS:
-            if cfg.get(key) is None and init_spec is not None:
-                cfg[key] = init_spec["config"].get(key)
-        config = build_model_config(cfg)
-        v = config.vision
-        if patch is not None and v.patch_size * v.merge != 2 * patch:
-            # the data counts one placeholder per 2p x 2p pixels; the tower merges merge x merge
-            raise UserError(f"model.vision.patch_size={v.patch_size} x merge={v.merge} covers "
-                            f"{v.patch_size * v.merge} px per vision token but data.patch_size="
-                            f"{patch} counts one per {2 * patch} px; leave model.vision.patch_size "
-                            "null or make them agree")
-        return {"config": config.to_dict(),
-                "tokens": {k: dm.special_ids[k] for k in (VIDEO_PAD, PAD, IM_END)}}
+        return world_model_spec(self.model_cfg, dm, init_spec, (VIDEO_PAD, PAD, IM_END),
+                                "VideoLLMModule")
 
     def build_model(self, spec: dict) -> MultimodalLM:
         self.config, self.tokens = ModelConfig.from_dict(spec["config"]), dict(spec["tokens"])
@@ -263,67 +235,3 @@ class VideoLLMModule(PolicyStages, FramelabModule):
         if self.stage in POLICY_STAGES:
             return self.policy_training_step(batch, batch_idx)
         return super().training_step(batch, batch_idx)
-
-    def prompt_documents(self, batch) -> list[dict]:
-        """The batch's questions with a ground truth to reward (multiple choice, open, "when")."""
-        return [d for d in self.evaluator.documents(batch) if d["meta"].get("format") in ANSWERED]
-
-    def decode_text(self, ids: list[int]) -> str:
-        return self.evaluator.decode(ids)
-
-    def stop_tokens(self) -> list[int]:
-        return [self.tokens[IM_END]]
-
-    def pad_id(self) -> int:
-        return self.tokens[PAD]
-
-    def teacher_prompt(self, doc: dict) -> list[int]:
-        """The teacher's prompt for a document: the student's (`opd.teacher_prompt=same`), or with
-        the reference reply written at the end of the question (`answer`)."""
-        prompt = doc["prompt"]
-        if self.opd_cfg["teacher_prompt"] == "same":
-            return prompt
-        if self.tokenizer is None:
-            raise UserError("module.opd.teacher_prompt=answer needs the datamodule's tokenizer")
-        hint = self.tokenizer.encode(f" Reference answer: {self.decode_text(doc['reference'])}",
-                                     add_special_tokens=False).ids
-        end = max(i for i, t in enumerate(prompt) if t == self.tokens[IM_END])
-        return prompt[:end] + hint + prompt[end:]
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        self.save_policy_state(checkpoint)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self.load_policy_state(checkpoint)
-
-    # ---- evaluation (framelab.evaluation.VideoQAEvaluator) ---------------------------------
-    def evaluate(self, batch, batch_idx: int, split: str):
-        loss, _, hidden = self.loss_and_hidden(batch)
-        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=1)
-        docs, replies = self.evaluator.evaluate(self.model, batch, hidden, split)
-        logger = self.logger
-        if batch_idx == 0 and docs and logger is not None and hasattr(logger.experiment, "add_text"):
-            logger.experiment.add_text(f"{split}/samples", self.evaluator.samples_text(docs, replies),
-                                       self.global_step)
-        return loss
-
-    def log_metrics(self) -> None:
-        for name, value in self.evaluator.compute().items():
-            self.log(name, value, sync_dist=False)
-
-    def validation_step(self, batch, batch_idx):
-        return self.evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch, batch_idx):
-        return self.evaluate(batch, batch_idx, "test")
-
-    def on_validation_epoch_end(self):
-        self.log_metrics()
-
-    def on_test_epoch_end(self):
-        self.log_metrics()
-
-    def predict_step(self, batch, batch_idx):
-        return self.evaluator.predictions(self.model, batch)

@@ -105,6 +105,9 @@ class ModelConfig:
     # (Qwen3's initializer_range, set on the qwen3-* presets) is ~1/sqrt(d) only at d ~ 2500: at
     # the tiny widths it shrinks every sublayer's output ~4x and training sits on a long plateau
     init_std: float | None = None
+    # ViCuR's cue recovery (framelab/models/cue_recovery.py): a sink-token cross-attention block
+    # after every decoder layer whose index is a multiple of this (the released value: 5); 0: none
+    cue_recovery: int = 0
     vision: VisionConfig | None = None
 
     def __post_init__(self):
@@ -124,6 +127,9 @@ class ModelConfig:
         if sum(self.mrope_section) != self.head_dim // 2:
             raise ValueError(f"model.mrope_section {list(self.mrope_section)} must sum to "
                              f"head_dim // 2 = {self.head_dim // 2}")
+        if int(self.cue_recovery) < 0:
+            raise ValueError(f"model.cue_recovery={self.cue_recovery}: expected a layer interval "
+                             "(5 as released) or 0 for none")
         if self.attention not in ("gqa", "mla"):
             raise ValueError(f"model.attention={self.attention!r}; choose gqa or mla")
         if self.attention == "mla":

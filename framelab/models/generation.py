@@ -30,6 +30,10 @@ this step: stopped earlier, or not continued), `hidden` (B, D) the final-norm hi
 tokens were sampled from. It returns None, or `(embeds (B, D), replace (B,) bool)`: rows in
 `replace` take `embeds` as their next input instead of the sampled token's embedding (Future-L1
 feeds `hidden` back). The token is still reported, and positions advance by one all the same.
+
+Cue recovery (a `MultimodalLM` with `config.cue_recovery`): the prompt's sinks gather its visual
+tokens in the prefill, as in a full forward; decode steps and continuations feed no sink, so the
+cache carries what the sinks gathered. The uncached path re-runs the prompt's sinks every step.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ import torch
 
 from framelab.kernels import AttentionSpec
 from framelab.models.cache import KVCache
+from framelab.models.cue_recovery import CueInputs
 from framelab.models.multimodal import MultimodalLM
 
 StepHook = Callable[[int, torch.Tensor, torch.Tensor],
@@ -58,6 +63,7 @@ class DecodeState:
     # DeepStack additions of every fed input, uncached path only: per layer (B, S, D), zeros at
     # the non-visual slots (None while no input had any)
     deepstack: list[torch.Tensor] | None = None
+    cue: CueInputs | None = None    # the prompt's sinks, uncached path only (re-run every step)
 
 
 @dataclass
@@ -127,12 +133,13 @@ def decode(model, prompts: list[list[int]], max_new_tokens: int, *, videos=None,
     videos); returns tokens, their log-probs, stop flags and the state to continue from."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    embeds, positions, valid, deepstack = _left_pad(_embed_rows(model, prompts, videos))
+    rows = _embed_rows(model, prompts, videos)
+    embeds, positions, valid, deepstack = _left_pad(rows)
     return decode_embeddings(_language_model(model), embeds, positions, valid, max_new_tokens,
                              temperature=temperature, top_k=top_k, top_p=top_p,
                              stop_tokens=stop_tokens, use_cache=use_cache, generator=generator,
                              step_hook=step_hook, suppress_tokens=suppress_tokens,
-                             deepstack=deepstack)
+                             deepstack=deepstack, cue=_stack_cue(rows, embeds.shape[1]))
 
 
 @torch.no_grad()
@@ -141,10 +148,11 @@ def decode_embeddings(lm, embeds: torch.Tensor, positions: torch.Tensor, valid: 
                       top_p: float | None = None, stop_tokens=(), use_cache: bool = True,
                       generator: torch.Generator | None = None,
                       step_hook: StepHook | None = None, suppress_tokens=(),
-                      deepstack=None) -> Generation:
+                      deepstack=None, cue: CueInputs | None = None) -> Generation:
     """Generate from a `DecoderLM` given left-padded input embeddings (B, S, D), their positions
     (B, S) or (3, B, S), and `valid` (B, S) marking the real slots (each row's last slot is);
-    `deepstack`: the inputs' DeepStack additions (mask (B, S), [features]) of a Qwen3-VL model."""
+    `deepstack`: the inputs' DeepStack additions (mask (B, S), [features]) of a Qwen3-VL model;
+    `cue`: the inputs' sinks and visual tokens (cue recovery), run in the prefill."""
     if not bool(valid[:, -1].all()):
         raise ValueError("inputs must be left-padded: every row's last slot must be a real token")
     b, s, d = embeds.shape
@@ -155,7 +163,7 @@ def decode_embeddings(lm, embeds: torch.Tensor, positions: torch.Tensor, valid: 
         positions=None if use_cache else positions[..., :0])
     active = torch.ones(b, dtype=torch.bool, device=embeds.device)
     return _run(lm, state, embeds, positions, valid, active, max_new_tokens, temperature, top_k,
-                top_p, stop_tokens, generator, step_hook, suppress_tokens, deepstack)
+                top_p, stop_tokens, generator, step_hook, suppress_tokens, deepstack, cue)
 
 
 @torch.no_grad()
@@ -173,7 +181,7 @@ def continue_generation(model, state: DecodeState, appended: list[list[int] | No
     if all(a is None for a in appended):
         raise ValueError("continue at least one row (appended[i] = None leaves row i as it is)")
     rows = []
-    for i, (emb, pos, ds) in enumerate(_embed_rows(model, [a or [] for a in appended], videos)):
+    for i, (emb, pos, ds, _) in enumerate(_embed_rows(model, [a or [] for a in appended], videos)):
         if appended[i] is None:
             rows.append((emb[:0], pos[..., :0], None))
             continue
@@ -193,14 +201,14 @@ def continue_generation(model, state: DecodeState, appended: list[list[int] | No
 
 def _run(lm, state: DecodeState, embeds, positions, valid, active, max_new_tokens: int,
          temperature, top_k, top_p, stop_tokens, generator, step_hook,
-         suppress_tokens=(), deepstack=None) -> Generation:
+         suppress_tokens=(), deepstack=None, cue=None) -> Generation:
     """Feed a left-padded chunk, then sample, record and feed one slot per step."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     stops = torch.tensor(sorted(set(stop_tokens)) or [-1], device=embeds.device)
     suppress = torch.tensor(sorted(set(suppress_tokens)), dtype=torch.long, device=embeds.device)
     finished = torch.zeros_like(active)
-    hidden = _feed(lm, state, embeds, positions, valid, deepstack)
+    hidden = _feed(lm, state, embeds, positions, valid, deepstack, cue)
     tokens, logprobs = [], []
     for step in range(max_new_tokens):
         logits = lm.logits(hidden)
@@ -230,17 +238,22 @@ def _run(lm, state: DecodeState, embeds, positions, valid, active, max_new_token
                       finished=finished.tolist(), truncated=active.tolist(), state=state)
 
 
-def _feed(lm, state: DecodeState, embeds, positions, valid, deepstack=None) -> torch.Tensor:
+def _feed(lm, state: DecodeState, embeds, positions, valid, deepstack=None,
+          cue=None) -> torch.Tensor:
     """Run new slots (B, q) through the model (with their DeepStack additions (mask (B, q),
-    [features]) if any); return each row's last hidden state (B, D)."""
+    [features]) and their sinks (`cue`, the prefill) if any); return each row's last hidden
+    state (B, D)."""
     state.valid = torch.cat([state.valid, valid], 1)
     if state.cache is None:       # uncached: re-run everything fed so far
         deepstack = _dense_deepstack(state, embeds, deepstack)
         state.inputs = embeds = torch.cat([state.inputs, embeds], 1)
         state.positions = positions = torch.cat([state.positions, positions], -1)
+        if cue is not None and state.cue is None:
+            state.cue = cue
+        cue = state.cue.extended(embeds.shape[1] - state.cue.sink.shape[1]) if state.cue else None
     spec = AttentionSpec(causal=True, mask=_mask(state.valid, embeds.shape[1]))
     hidden = lm.hidden_states(inputs_embeds=embeds, positions=positions, spec=spec,
-                              cache=state.cache, deepstack=deepstack)
+                              cache=state.cache, deepstack=deepstack, cue=cue)
     last = positions[..., -1]
     if last.dim() == 2:           # multimodal: after a video the next slot follows its largest axis
         last = last.amax(0).expand_as(last)
@@ -285,14 +298,15 @@ def _language_model(model):
 
 def _embed_rows(model, rows: list[list[int]], videos) -> list[tuple]:
     """Per row: input embeddings (n, D), positions counted from 0, (n,) or (3, n), and the
-    DeepStack additions (mask (n,), [features]) of a Qwen3-VL row with vision, else None."""
+    DeepStack additions (mask (n,), [features]) of a Qwen3-VL row with vision, else None, and
+    the row's sinks (`CueInputs` (1, n), a model with cue recovery) or None."""
     lm = _language_model(model)
     device = lm.output_weight.device
     if not isinstance(model, MultimodalLM):
         if videos is not None and any(videos):
             raise ValueError("a DecoderLM takes no videos; generate from a MultimodalLM")
         return [(lm.embed_tokens(torch.tensor(r, dtype=torch.long, device=device)),
-                 torch.arange(len(r), device=device), None) for r in rows]
+                 torch.arange(len(r), device=device), None, None) for r in rows]
     videos = [[] for _ in rows] if videos is None else videos
     if len(videos) != len(rows):
         raise ValueError(f"videos has {len(videos)} rows, the prompts {len(rows)}")
@@ -302,22 +316,27 @@ def _embed_rows(model, rows: list[list[int]], videos) -> list[tuple]:
         inputs = model.prepare(ids, list(vids) or None)
         ds = inputs.deepstack
         out.append((inputs.embeds[0], inputs.positions[:, 0],
-                    None if ds is None else (ds[0][0], ds[1])))
+                    None if ds is None else (ds[0][0], ds[1]), inputs.cue))
     return out
+
+
+def _stack_cue(rows: list[tuple], width: int) -> CueInputs | None:
+    """The rows' sinks (`_embed_rows`' 4th entries) right-aligned like `_left_pad`'s embeds."""
+    return CueInputs.stack([r[3] for r in rows], [r[0].shape[0] for r in rows], width)
 
 
 def _left_pad(rows: list[tuple]):
     """Stack per-row (embeds (n, D), positions (..., n), deepstack or None) right-aligned:
     embeds (B, W, D), positions (..., B, W), valid (B, W) (padding is zeros), and the DeepStack
     additions (mask (B, W), [features in row-major order]) or None when no row has any."""
-    emb0, pos0, _ = rows[0]
-    width = max(e.shape[0] for e, _, _ in rows)
+    emb0, pos0 = rows[0][:2]
+    width = max(r[0].shape[0] for r in rows)
     embeds = emb0.new_zeros(len(rows), width, emb0.shape[-1])
     positions = pos0.new_zeros(*pos0.shape[:-1], len(rows), width)
     valid = torch.zeros(len(rows), width, dtype=torch.bool, device=emb0.device)
     ds_mask = torch.zeros(len(rows), width, dtype=torch.bool, device=emb0.device)
     ds_feats: list[list[torch.Tensor]] = []
-    for i, (e, p, ds) in enumerate(rows):
+    for i, (e, p, ds, *_) in enumerate(rows):
         n = e.shape[0]
         embeds[i, width - n:], positions[..., i, width - n:] = e, p
         valid[i, width - n:] = True

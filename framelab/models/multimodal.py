@@ -16,6 +16,12 @@ timestamps) are encoded by the Qwen3-VL tower, positions follow
 intermediate tower layers to the first LM layers' hidden states at the visual positions. `forward` then also takes transformers' keyword
 inputs (`input_ids`, `attention_mask`, `pixel_values` + `image_grid_thw`, `pixel_values_videos` +
 `video_grid_thw`) and returns an object with `.logits`.
+
+With `config.cue_recovery` = k > 0 the model has ViCuR's cue recovery (`cue_recovery`, a part of
+its own): after every k-th decoder layer the first `sink_token_id` token of each document gathers
+the document's visual tokens by cross-attention, during prefill only
+(`framelab.models.cue_recovery`). `prepare` returns where the sinks are; generation passes them
+to its prefill.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from torch import nn
 
 from framelab.kernels import AttentionSpec
 from framelab.models.config import ModelConfig
+from framelab.models.cue_recovery import CueInputs, CueRecovery
 from framelab.models.qwen3_vl import packed_rope_index, rope_index
 from framelab.models.transformer import DecoderLM, LMOutput
 from framelab.models.vision import Projector, VisionEncoder, merged_grid
@@ -73,6 +80,7 @@ class MultimodalInputs:
     embeds: torch.Tensor
     positions: torch.Tensor
     deepstack: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+    cue: CueInputs | None = None      # the sinks and visual tokens (cue recovery), or None
 
 
 def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -85,10 +93,13 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class MultimodalLM(nn.Module):
-    def __init__(self, config: ModelConfig, video_token_id: int, image_token_id: int | None = None):
+    def __init__(self, config: ModelConfig, video_token_id: int, image_token_id: int | None = None,
+                 sink_token_id: int | None = None):
         super().__init__()
         if config.vision is None:
             raise ValueError("MultimodalLM needs model.vision settings")
+        if config.cue_recovery and sink_token_id is None:
+            raise ValueError("model.cue_recovery needs the sink token's id (<|im_start|>)")
         self.config = config
         self.video_token_id = video_token_id
         self.image_token_id = image_token_id
@@ -99,6 +110,10 @@ class MultimodalLM(nn.Module):
         if config.vision.deepstack:
             self.deepstack = nn.ModuleList(Projector(config.vision, config.hidden, "post")
                                            for _ in config.vision.deepstack)
+        self.sink_token_id = sink_token_id
+        if config.cue_recovery:
+            self.cue_recovery = CueRecovery(config.hidden, config.heads, config.layers,
+                                            int(config.cue_recovery), config.norm_eps)
 
     def embed(self, input_ids: torch.Tensor, videos: list[torch.Tensor] | None = None,
               cu_seqlens: torch.Tensor | None = None):
@@ -117,11 +132,16 @@ class MultimodalLM(nn.Module):
             if any(x is not None for x in hf):
                 raise ValueError("pixel_values / grid_thw / attention_mask inputs need a "
                                  "Qwen3-VL model (vision.flavour=qwen3_vl)")
-            return self._prepare_framelab(input_ids, videos or [], cu_seqlens)
-        if cu_seqlens is not None and attention_mask is not None:
-            raise ValueError("pass either packed documents (cu_seqlens) or padded rows "
-                             "(attention_mask), not both")
-        return self._prepare_qwen3_vl(input_ids, videos or [], *hf, cu_seqlens)
+            inputs = self._prepare_framelab(input_ids, videos or [], cu_seqlens)
+        else:
+            if cu_seqlens is not None and attention_mask is not None:
+                raise ValueError("pass either packed documents (cu_seqlens) or padded rows "
+                                 "(attention_mask), not both")
+            inputs = self._prepare_qwen3_vl(input_ids, videos or [], *hf, cu_seqlens)
+        if hasattr(self, "cue_recovery"):
+            visual = [t for t in (self.video_token_id, self.image_token_id) if t is not None]
+            inputs.cue = self.cue_recovery.inputs(input_ids, self.sink_token_id, visual, cu_seqlens)
+        return inputs
 
     def _prepare_framelab(self, input_ids, videos, cu_seqlens) -> MultimodalInputs:
         embeds = self.lm.embed_tokens(input_ids)
@@ -195,8 +215,10 @@ class MultimodalLM(nn.Module):
         mask = hf_inputs.get("attention_mask")
         spec = AttentionSpec(causal=True, cu_seqlens=cu_seqlens,
                              mask=padding_mask(mask) if mask is not None else None)
+        prefill = cache is None or cache.seen == 0       # cue recovery runs in prefill only
         return self.lm.hidden_states(inputs_embeds=inputs.embeds, positions=inputs.positions,
-                                     spec=spec, cache=cache, deepstack=inputs.deepstack)
+                                     spec=spec, cache=cache, deepstack=inputs.deepstack,
+                                     cue=inputs.cue if prefill else None)
 
     def forward(self, input_ids, videos=None, cu_seqlens=None, cache=None, *, attention_mask=None,
                 pixel_values=None, image_grid_thw=None, pixel_values_videos=None,

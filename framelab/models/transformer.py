@@ -95,12 +95,15 @@ class DecoderLM(nn.Module):
 
     def hidden_states(self, input_ids=None, inputs_embeds=None, positions=None,
                       spec: AttentionSpec | None = None, cache: KVCache | None = None,
-                      deepstack: tuple[torch.Tensor, list[torch.Tensor]] | None = None):
+                      deepstack: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
+                      cue=None):
         """Final-norm hidden states (B, S, hidden); the loss is computed from these.
 
         `deepstack` = (mask (B, S) bool, [features (n, hidden)] * L): after layer i < L the
         features of entry i are added to the hidden states at the n True positions of `mask`, in
-        row-major order (Qwen3-VL's DeepStack; transformers' `_deepstack_process`)."""
+        row-major order (Qwen3-VL's DeepStack; transformers' `_deepstack_process`).
+        `cue`: a `framelab.models.cue_recovery.CueInputs`; its `after_layer(i, x)` runs after
+        layer i (ViCuR's sink-token cue recovery, prefill only: the caller passes it then)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -117,6 +120,8 @@ class DecoderLM(nn.Module):
             if i < len(adds):
                 mask = deepstack[0]
                 x = x.index_put((mask,), x[mask] + adds[i].to(x.dtype))
+            if cue is not None:
+                x = cue.after_layer(i, x)
         if cache is not None:
             cache.advance(s)
         return self.norm(x)
@@ -126,8 +131,9 @@ class DecoderLM(nn.Module):
 
     def forward(self, input_ids=None, inputs_embeds=None, positions=None,
                 spec: AttentionSpec | None = None, cache: KVCache | None = None,
-                deepstack=None) -> LMOutput:
-        hidden = self.hidden_states(input_ids, inputs_embeds, positions, spec, cache, deepstack)
+                deepstack=None, cue=None) -> LMOutput:
+        hidden = self.hidden_states(input_ids, inputs_embeds, positions, spec, cache, deepstack,
+                                    cue)
         return LMOutput(logits=self.logits(hidden), hidden_states=hidden)
 
     def new_cache(self, capacity: int = 256) -> KVCache:

@@ -42,10 +42,12 @@ chunked_generalized_jsd: the same value from hidden states (B, S, D) and output 
     logits = hidden @ weight.T, one chunk of masked tokens at a time under activation
     checkpointing, so neither forward nor backward holds more than a chunk of (chunk, V) logits.
 
-opd_advantages(student_logp, teacher_logp, coef, mask) = -coef (student_logp - teacher_logp) per
-    token, 0 where mask is false, detached: the k1 estimate of -KL(student || teacher) on the
-    student's own samples, used as a per-token advantage with no discounting (on-policy
-    distillation).
+opd_advantages(student_logp, teacher_logp, coef, mask, clamp, logp_floor)
+    = -coef (student_logp - teacher_logp) per token, 0 where mask is false, detached: the k1
+    estimate of -KL(student || teacher) on the student's own samples, used as a per-token advantage
+    with no discounting (on-policy distillation). ViCuR's release clamps: `logp_floor` (-10) bounds
+    both log-probs from below before the difference, `clamp` (10) bounds the difference to
+    [-clamp, clamp]; None: no clamp.
 """
 from __future__ import annotations
 
@@ -214,11 +216,18 @@ def chunked_generalized_jsd(student_hidden, student_weight, teacher_hidden, teac
     return total / max(hs.shape[0], 1)
 
 
-def opd_advantages(student_logp, teacher_logp, coef: float = 1.0, mask=None) -> torch.Tensor:
+def opd_advantages(student_logp, teacher_logp, coef: float = 1.0, mask=None,
+                   clamp: float | None = None, logp_floor: float | None = None) -> torch.Tensor:
     """(B, T) per-token on-policy-distillation advantages -coef (log p_student - log p_teacher)."""
     if student_logp.shape != teacher_logp.shape:
         raise ValueError("student_logp and teacher_logp must have the same shape")
-    adv = -coef * (student_logp - teacher_logp).detach()
+    if logp_floor is not None:
+        student_logp = student_logp.clamp(min=float(logp_floor))
+        teacher_logp = teacher_logp.clamp(min=float(logp_floor))
+    k1 = (student_logp - teacher_logp).detach()
+    if clamp is not None:
+        k1 = k1.clamp(-float(clamp), float(clamp))
+    adv = -coef * k1
     if mask is None:
         return adv
     if mask.shape != adv.shape:
