@@ -159,12 +159,15 @@ class StreamingDataModule(L.LightningDataModule):
 
     def _check_cache(self, shards: ShardSet, mode: str) -> None:
         """The cache must hold what readers need at once: all shards for a full shuffle, else two
-        blocks (the current and the next one) of the largest shards."""
+        blocks (the current and the next one) of the largest shards, and with several DataLoader
+        workers a third: a worker may still read the previous block while another, a few batches
+        ahead, starts the next one (with less room they wait on each other until a timeout)."""
         if not shards.remote:
             return
         sizes = sorted((b or 0 for b in shards.sizes.values()), reverse=True)
         block = {"full": len(sizes), "blocks": self.shuffle_window, "none": 1}[mode]
-        need = sum(sizes) if mode == "full" else 2 * sum(sizes[:block])
+        blocks = 3 if self.num_workers > 1 else 2
+        need = sum(sizes) if mode == "full" else blocks * sum(sizes[:block])
         limit = self.cache_config.limit
         if need > limit:
             fix = ("use data.shuffle=blocks" if mode == "full" else "lower data.shuffle_window"

@@ -99,8 +99,13 @@ def test_http_shards_stream_within_the_cache_limit_and_resume_exactly(served, tm
         dm.on_before_batch_transfer(batch, 0)
         peak = max(peak, sum(p.stat().st_size for p in cached_tars(tmp_path)))
     assert 0 < peak <= limit
-    part1 = consume({**kw, "num_workers": 2}, None, steps=4)
-    part2 = consume({**kw, "num_workers": 1}, part1["state"], steps=None)
+    workers = {**kw, "cache_limit": 6 * biggest + 1}   # with 2 workers: three blocks
+    two = VideoTextDataModule(**{**kw, "num_workers": 2})
+    two.setup("fit")
+    with pytest.raises(UserError, match="cache_limit"):
+        two.train_dataloader()
+    part1 = consume({**workers, "num_workers": 2}, None, steps=4)
+    part2 = consume({**workers, "num_workers": 1}, part1["state"], steps=None)
     assert flat(part1["ids"]) + flat(part2["ids"]) == ids
     shard_of = {s["key"]: i for i, sh in enumerate(manifest["shards"]) for s in sh["samples"]}
     first_block = {shard_of[k] for k in ids[:sum(len(sh["samples"]) for sh in manifest["shards"][:2])]}
