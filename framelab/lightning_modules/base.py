@@ -65,6 +65,14 @@ def build_model_config(cfg: dict) -> ModelConfig:
         raise UserError(f"model config: {exc}") from exc
 
 
+def check_parts(freeze: dict | None, init_parts: list[str] | None, parts) -> None:
+    """One line for a `module.freeze` or `module.init_parts` that names a part the model lacks."""
+    for key, given in (("freeze", set(freeze or {})), ("init_parts", set(init_parts or []))):
+        if given - set(parts):
+            raise UserError(f"module.{key} has unknown parts {sorted(given - set(parts))}; "
+                            f"valid: {', '.join(parts)}")
+
+
 def lr_lambda(warmup_steps: int, total_steps: int, min_lr_ratio: float):
     """Multiplier of the base lr at a step: linear warmup, cosine decay, then flat at the floor."""
     def factor(step: int) -> float:

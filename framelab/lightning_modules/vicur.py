@@ -35,7 +35,7 @@ from framelab.datamodules.special_tokens import IM_END, IM_START, PAD, VIDEO_PAD
 from framelab.errors import UserError
 from framelab.evaluation.video_qa import VideoQAEvaluator, evaluation_config
 from framelab.kernels import linear_cross_entropy
-from framelab.lightning_modules.base import FramelabModule
+from framelab.lightning_modules.base import FramelabModule, check_parts
 from framelab.lightning_modules.policy import PolicyStages
 from framelab.lightning_modules.video_qa import VideoQASteps, world_model_spec
 from framelab.models.config import ModelConfig
@@ -100,10 +100,7 @@ class ViCuRDistillModule(VideoQASteps, PolicyStages, FramelabModule):
                  init_from: str | None = None, init_parts: list[str] | None = None,
                  freeze: dict | None = None, optim: dict | None = None,
                  scheduler: dict | None = None, loss_chunk_size: int = 4096):
-        for key, given in (("freeze", set(freeze or {})), ("init_parts", set(init_parts or []))):
-            if given - set(PARTS):
-                raise UserError(f"module.{key} has unknown parts {sorted(given - set(PARTS))}; "
-                                f"valid: {', '.join(PARTS)}")
+        check_parts(freeze, init_parts, PARTS)
         super().__init__(optim, scheduler, init_from, init_parts, freeze)
         self.save_hyperparameters()
         if teacher not in TEACHERS:

@@ -48,7 +48,7 @@ from framelab.datamodules.special_tokens import IM_END, PAD, VIDEO_PAD
 from framelab.errors import UserError
 from framelab.evaluation.video_qa import VideoQAEvaluator, data_parallel, evaluation_config
 from framelab.kernels import linear_cross_entropy
-from framelab.lightning_modules.base import FramelabModule
+from framelab.lightning_modules.base import FramelabModule, check_parts
 from framelab.lightning_modules.policy import POLICY_STAGES, PolicyStages
 from framelab.lightning_modules.qwen3_vl import is_qwen3_vl, qwen3_vl_model, qwen3_vl_spec
 from framelab.lightning_modules.video_qa import SHAPE_KEYS, VideoQASteps, world_model_spec
@@ -71,12 +71,7 @@ class VideoLLMModule(VideoQASteps, PolicyStages, FramelabModule):
         """`vision` is read only from checkpoints written before the vision tower's config moved
         under `model.vision`; new configs set `model.vision`."""
         freeze = dict(freeze or {})
-        if set(freeze) - set(PARTS):
-            raise UserError(f"module.freeze has unknown parts {sorted(set(freeze) - set(PARTS))}; "
-                            f"valid: {', '.join(PARTS)}")
-        if set(init_parts or []) - set(PARTS):
-            raise UserError(f"module.init_parts has unknown parts "
-                            f"{sorted(set(init_parts) - set(PARTS))}; valid: {', '.join(PARTS)}")
+        check_parts(freeze, init_parts, PARTS)
         super().__init__(optim, scheduler, init_from, init_parts, freeze)
         self.save_hyperparameters()
         if stage not in STAGES:
