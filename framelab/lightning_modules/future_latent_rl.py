@@ -167,7 +167,7 @@ class LatentPolicy:
             lloss, lstats = latent_policy_loss(lp, old_lp, steps_adv, float(lat["clip"]))
             loss = loss + float(lat["alpha"]) * lloss
             stats.update({k: float(v) for k, v in lstats.items()})
-            stats["latent_loss"] = float(lloss)
+            stats["latent_loss"] = float(lloss.detach())
             stats["latent_steps"] = float(sum(counts)) / max(len(counts), 1)
         behaviour = packed.padded(torch.tensor([x for lp in part.logprobs for x in lp],
                                                device=old.device))

@@ -61,15 +61,17 @@ def latent_of(model, hidden: torch.Tensor) -> torch.Tensor:
 class LatentSpans:
     """The decode-time step hook (see the module docstring). `model`: the `MultimodalLM` (for its
     optional `latent_head`); `rows`: the decode's batch size; `budget`: latents per span at most;
-    `sampler(mu) -> z`: None for deterministic latents (z = mu)."""
+    `sampler(mu) -> z`: None for deterministic latents (z = mu); `open_rows` (B,) bool: rows whose
+    prompt already ends with `<|latent_start|>` (they start inside a span)."""
 
     def __init__(self, model, rows: int, start_id: int, end_id: int, pad_id: int, budget: int,
-                 sampler=None):
+                 sampler=None, open_rows: torch.Tensor | None = None):
         if budget < 1:
             raise ValueError(f"a latent span needs a budget of at least 1, got {budget}")
         self.model, self.start, self.end, self.pad = model, start_id, end_id, pad_id
         self.budget, self.sampler = int(budget), sampler
-        self.in_span = torch.zeros(rows, dtype=torch.bool)
+        self.in_span = (torch.zeros(rows, dtype=torch.bool) if open_rows is None
+                        else open_rows.detach().cpu().bool().clone())
         self.count = torch.zeros(rows, dtype=torch.long)
         self.kinds: list[torch.Tensor] = []      # per step (B,): TEXT / LATENT / FORCED_END
         self.mus: list[torch.Tensor] = []        # per step (B, D)
