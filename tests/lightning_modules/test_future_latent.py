@@ -173,3 +173,21 @@ def test_bad_settings_are_one_line(kw, match):
     with pytest.raises(UserError, match=match) as e:
         module(**kw)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("hint", ["frames", "latent", "text"])
+def test_selection_keeps_what_the_hint_turns_right(hint, tmp_path, monkeypatch):
+    out = tmp_path / "ids.txt"
+    m = module(stage="select", select={"hint": hint, "out": str(out)})
+    b = batch()
+    b["meta"] = [{**meta, "format": "open", "answer": "yes", "task": "future"} for meta in b["meta"]]
+    docs = m.evaluator.documents(b)
+    replies = m.hinted_answers(docs, b)                       # every hint kind decodes
+    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
+    monkeypatch.setattr(m, "answer", lambda docs: ["no", "yes"])
+    monkeypatch.setattr(m, "hinted_answers", lambda docs, batch: ["yes", "yes"])
+    monkeypatch.setattr(m, "log", lambda *a, **k: None)
+    m.test_step(b, 0)
+    m.on_test_epoch_end()
+    assert out.read_text() == "a\n"                         # wrong -> right only
+    assert m._select_counts == [2, 1, 2]
