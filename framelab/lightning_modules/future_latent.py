@@ -208,7 +208,8 @@ class FutureLatentModule(VideoQASteps, LatentPolicy, PolicyStages, FramelabModul
                 keys[item] if item < len(keys) else None)
             future = futures[item] if item < len(futures) else None
             item += 1
-            if self.train_ids is not None and self.training and key not in self.train_ids:
+            key = meta.get("key", key)              # the id the select stage writes
+            if self.train_ids is not None and self.training and str(key) not in self.train_ids:
                 continue
             insert = self.inserted(meta)
             new_seq, new_lab, last = [], [], 0
