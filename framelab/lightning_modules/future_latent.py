@@ -66,7 +66,7 @@ TOKENS = (VIDEO_PAD, PAD, IM_END, LATENT_START, LATENT_END, LATENT_PAD, THINK, T
 OWN = ("FutureLatentModule", "VideoLLMModule")      # checkpoints init_from may come from
 LATENT_DEFAULTS = {"budget": 32, "inference_factor": 2.0, "head": False, "weight": 0.2,
                    "loss": "mse", "kappa": 0.01, "normalize": False, "clip": 0.1, "alpha": 0.5,
-                   "sample": False, "hint_tokens": 48}
+                   "sample": False, "hint_tokens": 48, "min_steps": None}
 SELECT_DEFAULTS = {"hint": "frames", "out": "selected_ids.txt"}
 
 
@@ -85,6 +85,9 @@ def latent_config(latent: dict | None) -> dict:
     if float(cfg["inference_factor"]) < 1.0:
         raise UserError(f"module.latent.inference_factor={cfg['inference_factor']}: expected >= 1 "
                         "(the released 2.0 lets a span run to twice the training budget)")
+    if cfg["min_steps"] is not None and not 0 <= int(cfg["min_steps"]) <= int(cfg["budget"]):
+        raise UserError(f"module.latent.min_steps={cfg['min_steps']}: expected 0..budget, or null "
+                        "(= budget: a sampled <|latent_end|> ends a span only once it is that long)")
     if cfg["loss"] not in ("mse", "cosine"):
         raise UserError(f"module.latent.loss={cfg['loss']!r}; choose mse (released) or cosine")
     if not 0.0 < float(cfg["clip"]) < 1.0:
@@ -313,8 +316,10 @@ class FutureLatentModule(VideoQASteps, LatentPolicy, PolicyStages, FramelabModul
         t = self.tokens
         sampler = (vmf_sampler(float(self.latent_cfg["kappa"]), self.generator())
                    if sample and self.latent_cfg["sample"] else None)
+        least = self.latent_cfg["min_steps"]
+        least = int(self.latent_cfg["budget"]) if least is None else int(least)
         return LatentSpans(self.model, rows, t[LATENT_START], t[LATENT_END], t[LATENT_PAD],
-                           self.inference_budget(), sampler)
+                           self.inference_budget(), sampler, min_steps=least)
 
     def suppressed(self) -> list[int]:
         return [self.tokens[VIDEO_PAD], self.tokens[LATENT_PAD]]

@@ -14,7 +14,8 @@ Decoding (`LatentSpans`, a `step_hook` of `framelab.models.generation.decode`): 
 `<|latent_start|>` enters a span; at each later step of the span it feeds a latent (reported as
 `<|latent_pad|>`, log-prob 0) unless it sampled `<|latent_end|>` (an early end, a real sample) or
 has fed `budget` latents already (then `<|latent_end|>` is forced, log-prob 0). Whatever else the
-model samples inside a span is ignored (a sampled end-of-turn does not stop the row). The hook
+model samples inside a span is ignored (a sampled end-of-turn does not stop the row; with
+`min_steps` > 0, so is a `<|latent_end|>` sampled before that many latents). The hook
 records per step and row the kind of slot (TEXT, LATENT, FORCED_END), the latent fed (z) and its
 mean (mu: equal to z unless a `sampler` draws z around mu).
 
@@ -62,14 +63,15 @@ class LatentSpans:
     """The decode-time step hook (see the module docstring). `model`: the `MultimodalLM` (for its
     optional `latent_head`); `rows`: the decode's batch size; `budget`: latents per span at most;
     `sampler(mu) -> z`: None for deterministic latents (z = mu); `open_rows` (B,) bool: rows whose
-    prompt already ends with `<|latent_start|>` (they start inside a span)."""
+    prompt already ends with `<|latent_start|>` (they start inside a span); `min_steps`: a sampled
+    `<|latent_end|>` ends a span only after this many latents (before, it counts as a latent)."""
 
     def __init__(self, model, rows: int, start_id: int, end_id: int, pad_id: int, budget: int,
-                 sampler=None, open_rows: torch.Tensor | None = None):
+                 sampler=None, open_rows: torch.Tensor | None = None, min_steps: int = 0):
         if budget < 1:
             raise ValueError(f"a latent span needs a budget of at least 1, got {budget}")
         self.model, self.start, self.end, self.pad = model, start_id, end_id, pad_id
-        self.budget, self.sampler = int(budget), sampler
+        self.budget, self.sampler, self.min_steps = int(budget), sampler, int(min_steps)
         self.in_span = (torch.zeros(rows, dtype=torch.bool) if open_rows is None
                         else open_rows.detach().cpu().bool().clone())
         self.count = torch.zeros(rows, dtype=torch.long)
@@ -82,7 +84,7 @@ class LatentSpans:
         in_span, count = self.in_span.to(dev), self.count.to(dev)
         live = tokens >= 0
         span = in_span & live
-        early = span & (tokens == self.end)
+        early = span & (tokens == self.end) & (count >= self.min_steps)
         forced = span & ~early & (count >= self.budget)
         latent = span & ~early & ~forced
         entering = ~in_span & live & (tokens == self.start)

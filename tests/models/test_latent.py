@@ -107,3 +107,10 @@ def test_pool_targets_and_vmf_sample():
     loose = sample_vmf(mu, 0.01, g)
     torch.testing.assert_close(tight.norm(dim=-1), torch.ones(2000))
     assert tight[:, 0].mean() > 0.98 and abs(float(loose[:, 0].mean())) < 0.05
+
+
+def test_min_steps_ignores_an_end_sampled_too_soon():
+    spans = LatentSpans(torch.nn.Module(), 1, LS, LE, LP, budget=4, min_steps=2)
+    reports = [step(spans, s)[2].tolist()[0] for s in ([LS], [LE], [LE], [LE], [30])]
+    assert reports == [LS, LP, LP, LE, 30]          # two latents, then the sampled end counts
+    assert torch.stack(spans.kinds, 1).tolist()[0] == [TEXT, LATENT, LATENT, TEXT, TEXT]
