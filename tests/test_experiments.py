@@ -31,7 +31,10 @@ def small_data(name: str, real_shards: Path, teacher=None) -> list[str]:
     if "samples" in data:
         out.append(SMALL_SAMPLES)
     if "tasks" in data and not data.tasks and not data.get("data_dir"):   # reads data_dir only
-        out.append(f"data.data_dir={real_shards}")
+        future = data.get("load_future")          # shards whose samples carry future frames
+        out.append(f"data.data_dir={real_shards.parent / 'real_future' if future else real_shards}")
+        if future:                                # 12 future frames a sample: fewer pixels
+            out.append("data.image_size=56")
     if "fit_samples" in data:                         # the images' VQ is fitted on the train split
         out += ["data.fit_samples=32", "data.fit_iters=2", "data.codebook_size=16"]
     if "train_size" in data:
@@ -39,6 +42,10 @@ def small_data(name: str, real_shards: Path, teacher=None) -> list[str]:
     if composed(name).module.get("stage") == "opd":   # self-distillation: no teacher checkpoint
         out += ["module.opd.teacher=null", "module.opd.teacher_prompt=answer"]
     module = composed(name).module
+    if module.get("latent") is not None:                                        # Future-L1
+        out += ["module.latent.budget=4", "module.evaluation.max_new_tokens=2"]
+        if module.stage == "rl":
+            out += ["module.rl.prompts=2", "module.rl.group_size=2"]
     if module.get("teacher") in ("visual_cue", "answer", "stronger"):          # ViCuR
         out += ["module.rl.prompts=2", "module.rl.max_new_tokens=2",
                 "module.evaluation.max_new_tokens=2"]
@@ -66,6 +73,8 @@ def teacher_ckpt(workdir):
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("experiments")
     assert main(["data", "synth", "--task", "describe", "--out", str(root / "real"),
+                 "--samples", "16", "--shards", "1"]) == 0
+    assert main(["data", "synth", "--task", "future", "--out", str(root / "real_future"),
                  "--samples", "16", "--shards", "1"]) == 0
     return root
 

@@ -30,6 +30,10 @@ this step: stopped earlier, or not continued), `hidden` (B, D) the final-norm hi
 tokens were sampled from. It returns None, or `(embeds (B, D), replace (B,) bool)`: rows in
 `replace` take `embeds` as their next input instead of the sampled token's embedding (Future-L1
 feeds `hidden` back). The token is still reported, and positions advance by one all the same.
+A hook may also return a third entry, `report` (B,): the ids to report, stop on and (where not
+replaced) feed instead of the sampled ones; a row whose id it changes reports log-prob 0 there
+(the hook chose that token, nothing sampled it). `framelab.models.latent.LatentSpans` uses it to
+mark latent steps and forced span ends.
 
 Cue recovery (a `MultimodalLM` with `config.cue_recovery`): the prompt's sinks gather its visual
 tokens in the prefill, as in a full forward; decode steps and continuations feed no sink, so the
@@ -48,7 +52,7 @@ from framelab.models.cue_recovery import CueInputs
 from framelab.models.multimodal import MultimodalLM
 
 StepHook = Callable[[int, torch.Tensor, torch.Tensor],
-                    "tuple[torch.Tensor, torch.Tensor] | None"]
+                    "tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None"]
 
 
 @dataclass
@@ -216,13 +220,18 @@ def _run(lm, state: DecodeState, embeds, positions, valid, active, max_new_token
             logits = logits.index_fill(-1, suppress, float("-inf"))
         tok = sample_next(logits, temperature, top_k, top_p, generator)
         scaled = logits.float() / (temperature if temperature > 0 else 1.0)
-        logprobs.append(torch.log_softmax(scaled, -1).gather(-1, tok[:, None])[:, 0])
+        logp = torch.log_softmax(scaled, -1).gather(-1, tok[:, None])[:, 0]
         tok = torch.where(active, tok, -1)
+        swap = step_hook(step, tok, hidden) if step_hook is not None else None
+        if swap is not None and len(swap) > 2 and swap[2] is not None:
+            report = torch.where(active, swap[2].to(tok), -1)
+            logp = torch.where(report == tok, logp, torch.zeros_like(logp))
+            tok = report
+        logprobs.append(logp)
         tokens.append(tok)
         nxt = lm.embed_tokens(tok.clamp(min=0))
-        swap = step_hook(step, tok, hidden) if step_hook is not None else None
         if swap is not None:
-            new, replace = swap
+            new, replace = swap[0], swap[1]
             nxt = torch.where(replace.to(nxt.device)[:, None], new.to(nxt), nxt)
         state.pending = torch.where(active[:, None], nxt, state.pending)
         stop = active & torch.isin(tok, stops)

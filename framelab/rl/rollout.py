@@ -21,6 +21,10 @@ sample, truncated, without it).
 The video placeholder is never sampled (`suppressed`); `framelab.rl.logprobs` scores with the same
 suppression, so behaviour and teacher-forced log-probs agree.
 
+`suppress_tokens`: ids never sampled besides the placeholder (Future-L1: `<|latent_pad|>`).
+`step_hook` is passed to the generation loop (`framelab.models.generation`; Future-L1's latent
+spans, `framelab.models.latent.LatentSpans`): one hook sees every decode call of the rollout.
+
 Randomness comes only from `generator`: the same generator state gives the same rollouts (the RL
 stages save it in the checkpoint, so a resumed run samples what the uninterrupted one did).
 """
@@ -92,7 +96,7 @@ def rollout(model, prompts: list[list[int]], videos: list[list[torch.Tensor]] | 
             top_k: int | None = None, top_p: float | None = None, stop_tokens=(),
             generator: torch.Generator | None = None, tool: Tool | None = None,
             tool_stop: int | None = None, max_turns: int = 1,
-            max_total: int | None = None) -> Rollout:
+            max_total: int | None = None, step_hook=None, suppress_tokens=()) -> Rollout:
     """G = `group_size` samples for every prompt (see the module docstring)."""
     if group_size < 1 or max_turns < 1:
         raise ValueError(f"group_size={group_size} and max_turns={max_turns} must be at least 1")
@@ -104,11 +108,12 @@ def rollout(model, prompts: list[list[int]], videos: list[list[torch.Tensor]] | 
     n = len(rows)
     stops = set(stop_tokens) | ({tool_stop} if tool is not None else set())
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=sorted(stops),
-                    generator=generator, suppress_tokens=suppressed(model))
+                    generator=generator,
+                    suppress_tokens=sorted(set(suppressed(model)) | set(suppress_tokens)))
     out = Rollout(rows, vids, [[] for _ in rows], [[] for _ in rows], [[] for _ in rows],
                   [False] * n, [False] * n, [0] * n, [i // group_size for i in range(n)],
                   group_size)
-    gen = decode(model, rows, max_new_tokens, videos=vids, **sampling)
+    gen = decode(model, rows, max_new_tokens, videos=vids, step_hook=step_hook, **sampling)
     live = list(range(n))
     for turn in range(max_turns):
         appended: list[list[int] | None] = [None] * n
@@ -142,7 +147,7 @@ def rollout(model, prompts: list[list[int]], videos: list[list[torch.Tensor]] | 
         if not live:
             break
         gen = continue_generation(model, gen.state, appended, max_new_tokens,
-                                  videos=appended_videos, **sampling)
+                                  videos=appended_videos, step_hook=step_hook, **sampling)
     return out
 
 
