@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from framelab.agent.loop import answer_of, split_call
 from framelab.datamodules.special_tokens import IM_START, TOOL_CALL_END
+from framelab.evaluation.choice import extract_choice
+from framelab.evaluation.temporal import parse_span, temporal_iou
 from framelab.rl.rewards import accuracy_reward, register_reward
 
 
@@ -32,3 +34,12 @@ def agent_answer_reward(completion: str, meta: dict, *, length: int = 0) -> floa
 @register_reward("agent_turns")
 def agent_turns_reward(completion: str, meta: dict, *, length: int = 0) -> float:
     return -float((completion or "").count(TOOL_CALL_END))
+
+
+def score(answer: str | None, meta: dict) -> dict:
+    """{"accuracy"} for multiple choice or {"tiou"} for "when", and "score" (either)."""
+    if meta.get("format") == "span":
+        v = temporal_iou(parse_span(answer), meta["spans"])
+        return {"tiou": v, "score": v}
+    v = float(extract_choice(answer) == meta.get("answer")) if answer else 0.0
+    return {"accuracy": v, "score": v}

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import torch
 
-import framelab.agent.rewards  # noqa: F401  -- registers agent_answer and agent_turns
+from framelab.agent.rewards import score  # also registers agent_answer and agent_turns
 from framelab.agent.data import as_tensor
 from framelab.agent.loop import FORCED, AgentConfig, answer_of, renderer_for, run_agent, \
     split_call, start_context
 from framelab.agent.tools import Toolbox
 from framelab.datamodules.special_tokens import (IM_END, PAD, TOOL_CALL, TOOL_CALL_END, VIDEO_PAD)
 from framelab.errors import UserError
-from framelab.evaluation.temporal import parse_span, temporal_iou
-from framelab.evaluation.choice import extract_choice
 from framelab.kernels import linear_cross_entropy
 from framelab.lightning_modules.base import FramelabModule
 from framelab.lightning_modules.policy import POLICY_STAGES, PolicyStages
@@ -41,15 +39,6 @@ from framelab.rl.rollout import Rollout, rollout
 STAGES = ("sft", "rl")
 AGENT_DEFAULTS = {"max_turns": 4, "max_new_tokens": 24, "overview": 8, "budget": 2048, "k": 3,
                   "text_weight": 0.5, "val_episodes": 32}
-
-
-def score(answer: str | None, meta: dict) -> dict:
-    """{"accuracy"} for multiple choice or {"tiou"} for "when", and "score" (either)."""
-    if meta.get("format") == "span":
-        v = temporal_iou(parse_span(answer), meta["spans"])
-        return {"tiou": v, "score": v}
-    v = float(extract_choice(answer) == meta.get("answer")) if answer else 0.0
-    return {"accuracy": v, "score": v}
 
 
 class AgentModule(PolicyStages, FramelabModule):
