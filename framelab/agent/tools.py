@@ -81,6 +81,8 @@ def parse_call(text: str) -> tuple[str, dict]:
         for part in (_split_args(inner) if inner.strip() else []):
             key, eq, value = part.partition("=")
             if eq and re.fullmatch(r"\s*[A-Za-z_]\w*\s*", key):
+                if key.strip() in named:
+                    raise ToolError(f"{name}: {key.strip()} given twice")
                 named[key.strip()] = value.strip()
             else:
                 positional.append(part.strip())
