@@ -10,9 +10,9 @@
   `module.rl.rewards`, by default `agent_answer` (letter accuracy, temporal IoU for "when") and
   `agent_turns` at a small weight (a cost per tool call) (`framelab.agent.rewards`).
 
-Validation runs the agent greedily on the val episodes: `val/agent/accuracy` (multiple choice),
-`val/agent/tiou` ("when"), `val/agent/score` (the mean of both per question), `val/agent/turns`,
-and `val/loss` of the expert trajectories.
+Validation (and `framelab test`) runs the agent greedily on up to `agent.val_episodes` episodes:
+`val/agent/accuracy` (multiple choice), `val/agent/tiou` ("when"), `val/agent/score` (either, per
+question), `val/agent/turns`, and `val/loss` of the expert trajectories.
 
 `init_from` takes a `VideoLLMModule` checkpoint of the world tokenizer (the default run's) or an
 agent checkpoint.
@@ -166,10 +166,10 @@ class AgentModule(PolicyStages, FramelabModule):
         return ro
 
     # ---- validation ----------------------------------------------------------------------------
-    def validation_step(self, batch, batch_idx):
+    def evaluate(self, batch, split: str):
         loss, _ = self.compute_loss(batch)
-        self.log("val/loss", loss, prog_bar=True, batch_size=1)
-        done = sum(1 for _ in self._val)
+        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=1)
+        done = len(self._val)
         for ep in batch["episodes"]:
             if done >= int(self.agent_cfg["val_episodes"]):
                 break
@@ -179,12 +179,24 @@ class AgentModule(PolicyStages, FramelabModule):
             done += 1
         return loss
 
-    def on_validation_epoch_end(self):
+    def log_agent(self, split: str) -> None:
         for key in ("accuracy", "tiou", "score", "turns"):
             vals = [v[key] for v in self._val if key in v]
             if vals:
-                self.log(f"val/agent/{key}", sum(vals) / len(vals))
+                self.log(f"{split}/agent/{key}", sum(vals) / len(vals))
         self._val = []
+
+    def validation_step(self, batch, batch_idx):
+        return self.evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        return self.evaluate(batch, "test")
+
+    def on_validation_epoch_end(self):
+        self.log_agent("val")
+
+    def on_test_epoch_end(self):
+        self.log_agent("test")
 
 
 def rollout_tool(r, box: Toolbox, shared: Toolbox, completion: list[int], max_turns: int):
