@@ -167,7 +167,8 @@ def run_agent(model, tokenizer, frames: torch.Tensor, fps: float, question: str,
                      temperature=cfg.temperature, stop_tokens=stops, generator=generator,
                      suppress_tokens=suppressed(model))
         ids = prefix + gen.tokens[0]
-        if ids and ids[-1] == r.ids[IM_END]:
+        ended = gen.finished[0] and ids[-1] == r.ids[IM_END]      # a reply without a tool call
+        if ended:
             ids = ids[:-1]
         text = r.decode(ids)
         reasoning, call = split_call(text)
@@ -179,7 +180,7 @@ def run_agent(model, tokenizer, frames: torch.Tensor, fps: float, question: str,
         if reasoning or call is None:
             ctx.add(Entry("reasoning", reasoning, ids=ids[:cut], turn=t))
         if call is None:
-            if gen.finished[0]:                      # a plain reply: the answer
+            if ended:                                # a plain reply: the answer
                 traj.answer = reasoning
                 break
             result = ToolResult("error: no tool call (expected <tool_call>name(args)</tool_call>)",

@@ -11,7 +11,9 @@ A heatmap over haystack length (64 to 2048 frames) x needle depth (0 to 1) on th
 Per question: multiple choice ("what") scores 1 for the right letter; "when" counts as right at a
 temporal IoU of at least `--iou` (0.5), and its mean tIoU is reported on its own (`tiou_when`).
 JSON keys: `lengths`, `depths`, `agent`, `uniform` (cell accuracies, lengths x depths),
-`agent_by_length`, `uniform_by_length`, `gain_at_512_plus` (the agent's mean accuracy minus
+`agent_by_length`, `uniform_by_length`, `search_top1_by_length` / `search_top3_by_length` (the
+index alone: the share of questions where the first / any of three spans that `search` returns for
+the expert's query overlaps the needle), `gain_at_512_plus` (the agent's mean accuracy minus
 uniform's over the cells with at least 512 frames), `tiou_when` and `tiou_when_512_plus` (agent
 and uniform), `turns_mean`, `questions_per_cell`, `seconds`. `--plot` writes the two heatmaps side
 by side (and their difference); `--tensorboard DIR` logs them as images (`vniah/heatmaps`).
@@ -30,16 +32,30 @@ from framelab.errors import UserError
 
 def run_cell(model, tok, length: int, depth: float, n: int, offset: int, args) -> dict:
     from framelab.agent.data import as_tensor, episode
+    from framelab.agent.data import WHAT_QUERY
     from framelab.agent.loop import AgentConfig, run_agent
     from framelab.agent.rewards import score
+    from framelab.agent.tools import Toolbox
+    from framelab.evaluation.temporal import temporal_iou
 
-    out = {"agent": [], "uniform": [], "tiou_agent": [], "tiou_uniform": [], "turns": []}
+    out = {"agent": [], "uniform": [], "tiou_agent": [], "tiou_uniform": [], "turns": [],
+           "search_top1": [], "search_top3": []}
     for j in range(n):
         ep = episode(args.split, offset + j, {"lengths": [length], "depths": [depth],
                                               "size": args.size})
         frames = as_tensor(ep["frames"])
+        tools = Toolbox(model, tok, frames, ep["fps"])
         agent = run_agent(model, tok, frames, ep["fps"], ep["question"],
-                          AgentConfig(max_turns=args.max_turns, overview=args.overview))
+                          AgentConfig(max_turns=args.max_turns, overview=args.overview),
+                          toolbox=tools)
+        meta = ep["meta"]                       # the index alone, with the expert's query
+        obj = meta["objects"][0]
+        query = f"{obj['colour']} {obj['shape']}" if meta.get("format") == "span" else WHAT_QUERY
+        found = tools.run(f"search({query}, 3)").text.split(", ")
+        hits = [temporal_iou(tuple(float(x) for x in f.split("-")), meta["spans"]) > 0
+                for f in found]
+        out["search_top1"].append(float(hits[0]))
+        out["search_top3"].append(float(any(hits)))
         uniform = run_agent(model, tok, frames, ep["fps"], ep["question"],
                             AgentConfig(max_turns=1, overview=args.frames))
         for name, traj in (("agent", agent), ("uniform", uniform)):
@@ -149,11 +165,19 @@ def main(argv: list[str]) -> int:
         "tiou_when_512_plus": {"agent": mean(pool("tiou_agent", long)),
                                "uniform": mean(pool("tiou_uniform", long))},
         "turns_mean": mean(pool("turns", every)),
+        "search_top1_by_length": [mean([x for d in depths for x in cells[n, d]["search_top1"]])
+                                  for n in lengths],
+        "search_top3_by_length": [mean([x for d in depths for x in cells[n, d]["search_top3"]])
+                                  for n in lengths],
         "ckpt": args.ckpt, "machine": machine(), "seconds": time.perf_counter() - t0,
     }
-    print_table([{"frames": n, "agent": f"{a:.3f}", "uniform": f"{u:.3f}"}
-                 for n, a, u in zip(lengths, result["agent_by_length"], result["uniform_by_length"])],
-                ["frames", "agent", "uniform"])
+    print_table([{"frames": n, "agent": f"{a:.3f}", "uniform": f"{u:.3f}", "search@1": f"{s1:.2f}",
+                  "search@3": f"{s3:.2f}"}
+                 for n, a, u, s1, s3 in zip(lengths, result["agent_by_length"],
+                                            result["uniform_by_length"],
+                                            result["search_top1_by_length"],
+                                            result["search_top3_by_length"])],
+                ["frames", "agent", "uniform", "search@1", "search@3"])
     g = result["gain_at_512_plus"]
     print(f"gain_at_512_plus: {g:+.3f}" if g is not None else "gain_at_512_plus: no cell >= 512")
     print(f"tiou_when: agent {result['tiou_when']['agent']}, uniform {result['tiou_when']['uniform']}")
