@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from framelab.agent.context import Context, Entry, Renderer
-from framelab.agent.tools import ToolResult, Toolbox, parse_call, zoom
+from framelab.agent.tools import NO_CALL, ToolResult, Toolbox, parse_call, zoom
 from framelab.datamodules.special_tokens import IM_END, TOOL_CALL, TOOL_CALL_END
 from framelab.models.vision import video_token_count
 
@@ -183,8 +183,7 @@ def run_agent(model, tokenizer, frames: torch.Tensor, fps: float, question: str,
             if ended:                                # a plain reply: the answer
                 traj.answer = reasoning
                 break
-            result = ToolResult("error: no tool call (expected <tool_call>name(args)</tool_call>)",
-                                error=True)
+            result = ToolResult(NO_CALL, error=True)
         else:
             call_ids = ids[cut:] if TOOL_CALL_END in text else r.call(call)
             ctx.add(Entry("tool_call", call, ids=call_ids, turn=t))

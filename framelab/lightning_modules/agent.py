@@ -25,7 +25,7 @@ from framelab.agent.rewards import score  # also registers agent_answer and agen
 from framelab.agent.data import as_tensor
 from framelab.agent.loop import FORCED, AgentConfig, answer_of, renderer_for, run_agent, \
     split_call, start_context
-from framelab.agent.tools import Toolbox
+from framelab.agent.tools import NO_CALL, ToolResult, Toolbox
 from framelab.datamodules.special_tokens import (IM_END, PAD, TOOL_CALL, TOOL_CALL_END, VIDEO_PAD)
 from framelab.errors import UserError
 from framelab.kernels import linear_cross_entropy
@@ -203,15 +203,17 @@ def rollout_tool(r, box: Toolbox, shared: Toolbox, completion: list[int], max_tu
     """The RL engine's tool callback: run the completion's last call on `box` (the sample's
     tools; searches use `shared`'s index, built once per video) and return (result ids, result
     frames), or None when the call was `finish` (the sample ends there)."""
-    start = max((j for j, t in enumerate(completion) if t == r.ids[TOOL_CALL]), default=None)
-    if start is None:
+    ends = [j for j, t in enumerate(completion) if t == r.ids[TOOL_CALL_END]]
+    turn = completion[ends[-2] + 1 if len(ends) > 1 else 0:]        # this turn's tokens
+    _, call = split_call(r.decode(turn))
+    if call is not None and answer_of(call) is not None:
         return None
-    _, call = split_call(r.decode(completion[start:]))
-    if call is None or answer_of(call) is not None:
-        return None
-    if call.lstrip().startswith("search"):
-        box.index = shared.get_index()
-    result = box.run(call)
+    if call is None:                  # "...</tool_call>" without its opening token: as the loop
+        result = ToolResult(NO_CALL, error=True)
+    else:
+        if call.lstrip().startswith("search"):
+            box.index = shared.get_index()
+        result = box.run(call)
     calls = completion.count(r.ids[TOOL_CALL_END])
     then = [r.ids[TOOL_CALL]] + r.text(FORCED) if calls + 1 >= max_turns else []
     frames = [result.frames] if result.frames is not None else []

@@ -143,3 +143,12 @@ def test_rl_rollout_masks_tool_results_and_the_forced_prefix(tok):
     text = tok.decode(comp, skip_special_tokens=False)
     assert final_answer(text) == "1.0-2.0"
     assert agent_answer_reward(text, {"format": "span", "spans": [[1.0, 2.0]]}) == 1.0
+
+
+def test_error_texts_hold_no_special_token(tok):
+    from framelab.agent.tools import NO_CALL
+    box = Toolbox(model(tok), tok, video(), fps=8.0)
+    specials = {tok.token_to_id(t) for t in (TOOL_CALL, TOOL_CALL_END, TOOL_RESPONSE,
+                                              TOOL_RESPONSE_END)}
+    for text in (NO_CALL, box.run("fly()").text, box.run("zoom(").text):
+        assert not specials & set(tok.encode(text, add_special_tokens=False).ids), text
