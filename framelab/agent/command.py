@@ -88,7 +88,8 @@ def read_shard(path: str, index: int) -> dict:
             doc = json.loads(tar.extractfile(f"{key}.json").read())
             frames = np.load(io.BytesIO(tar.extractfile(f"{key}.npy").read()))
     except (tarfile.TarError, OSError, KeyError, ValueError) as e:
-        raise UserError(f"--shard {path}: {type(e).__name__}: {e}; give a world shard with npy "
+        why = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"--shard {path}: {type(e).__name__}: {why}; give a world shard with npy "
                         "frames (framelab data synth --task needle)") from None
     question = doc["conversations"][0]["content"].replace("<video>\n", "").replace("<video>", "")
     return {"frames": frames, "fps": float(doc["fps"]), "question": question,
