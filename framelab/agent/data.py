@@ -121,7 +121,7 @@ class AgentDataModule(L.LightningDataModule):
                  samples: dict | None = None, size: int = 32, patch_size: int = 8,
                  when_prob: float = 0.5, overview: int = 8, direct_frames: int = 16,
                  miss_prob: float = 0.3, direct_prob: float = 0.2, batch_size: int = 8,
-                 val_batch_size: int = 8, cache_dir: str = ".cache", tokenizer_vocab_size: int = 1024,
+                 val_batch_size: int = 4, cache_dir: str = ".cache", tokenizer_vocab_size: int = 1024,
                  world_seed: int = 0, seed: int = 0, num_workers: int = 0):
         super().__init__()
         self.lengths, self.depths = [int(x) for x in lengths], [float(d) for d in depths]
