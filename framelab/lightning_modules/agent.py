@@ -133,6 +133,19 @@ class AgentModule(PolicyStages, FramelabModule):
     def pad_id(self) -> int:
         return self.tokens[PAD]
 
+    def score_chunk(self, part: Rollout, prompts=None, with_grad: bool = True, model=None,
+                    entropy: bool = False, videos=None) -> dict:
+        """As the policy stages score, with the log-probs of tool-result tokens set to 0: a
+        result's video placeholders are suppressed tokens (log-prob -inf), and although the loss
+        masks them, 0 x the gradient of exp(-inf - -inf) would still be NaN."""
+        out = super().score_chunk(part, prompts, with_grad, model, entropy, videos)
+        keep = out["packed"].padded(torch.tensor([m for ms in part.loss_mask for m in ms],
+                                                 device=out["logp"].device))
+        out["logp"] = torch.where(keep, out["logp"], torch.zeros_like(out["logp"]))
+        if out["entropy"] is not None:
+            out["entropy"] = torch.where(keep, out["entropy"], torch.zeros_like(out["entropy"]))
+        return out
+
     def roll_and_score(self, docs: list[dict]) -> Rollout:
         cfg, g = self.rl_cfg, int(self.rl_cfg["group_size"])
         turns = int(self.agent_cfg["max_turns"])
