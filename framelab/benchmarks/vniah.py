@@ -15,7 +15,7 @@ JSON keys: `lengths`, `depths`, `agent`, `uniform` (cell accuracies, lengths x d
 index alone: the share of questions where the first / any of three spans that `search` returns for
 the expert's query overlaps the needle), `gain_at_512_plus` (the agent's mean accuracy minus
 uniform's over the cells with at least 512 frames), `tiou_when` and `tiou_when_512_plus` (agent
-and uniform), `turns_mean`, `questions_per_cell`, `seconds`. `--plot` writes the two heatmaps side
+and uniform), `accuracy_what` and `accuracy_what_512_plus` (multiple choice alone), `turns_mean`, `questions_per_cell`, `seconds`. `--plot` writes the two heatmaps side
 by side (and their difference); `--tensorboard DIR` logs them as images (`vniah/heatmaps`).
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def run_cell(model, tok, length: int, depth: float, n: int, offset: int, args) -
     from framelab.evaluation.temporal import temporal_iou
 
     out = {"agent": [], "uniform": [], "tiou_agent": [], "tiou_uniform": [], "turns": [],
-           "search_top1": [], "search_top3": []}
+           "search_top1": [], "search_top3": [], "what_agent": [], "what_uniform": []}
     for j in range(n):
         ep = episode(args.split, offset + j, {"lengths": [length], "depths": [depth],
                                               "size": args.size})
@@ -65,6 +65,7 @@ def run_cell(model, tok, length: int, depth: float, n: int, offset: int, args) -
                 out[name].append(float(s["tiou"] >= args.iou))
             else:
                 out[name].append(s["accuracy"])
+                out[f"what_{name}"].append(s["accuracy"])
         out["turns"].append(len(agent.turns))
     return out
 
@@ -160,6 +161,10 @@ def main(argv: list[str]) -> int:
         "uniform_by_length": [float(np.mean(r)) for r in uniform],
         "agent_mean": mean(pool("agent", every)), "uniform_mean": mean(pool("uniform", every)),
         "gain_at_512_plus": (mean(a512) - mean(u512)) if a512 else None,
+        "accuracy_what": {"agent": mean(pool("what_agent", every)),
+                          "uniform": mean(pool("what_uniform", every))},
+        "accuracy_what_512_plus": {"agent": mean(pool("what_agent", long)),
+                                   "uniform": mean(pool("what_uniform", long))},
         "tiou_when": {"agent": mean(pool("tiou_agent", every)),
                       "uniform": mean(pool("tiou_uniform", every))},
         "tiou_when_512_plus": {"agent": mean(pool("tiou_agent", long)),
@@ -181,6 +186,8 @@ def main(argv: list[str]) -> int:
     g = result["gain_at_512_plus"]
     print(f"gain_at_512_plus: {g:+.3f}" if g is not None else "gain_at_512_plus: no cell >= 512")
     print(f"tiou_when: agent {result['tiou_when']['agent']}, uniform {result['tiou_when']['uniform']}")
+    print(f"accuracy_what: agent {result['accuracy_what']['agent']}, "
+          f"uniform {result['accuracy_what']['uniform']}")
     if args.plot or args.tensorboard:
         plot(result, args.plot, args.tensorboard)
     write_json(args.json, result)
