@@ -127,6 +127,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", default=None)
+    p.add_argument("--index", choices=("tower", "pixels"), default="tower",
+                   help="search features (pixels: a diagnostic, see docs/agent.md)")
     p.add_argument("--json", default=None, help="write the trajectory here")
     args = p.parse_args(argv)
     meta = {}
@@ -150,7 +152,8 @@ def main(argv: list[str]) -> int:
     model, tok = load_agent(args.ckpt, args.tokenizer)
     gen = torch.Generator().manual_seed(args.seed)
     traj = run_agent(model, tok, frames, fps, question,
-                     AgentConfig(max_turns=args.max_turns, temperature=args.temperature),
+                     AgentConfig(max_turns=args.max_turns, temperature=args.temperature,
+                                 index=args.index),
                      generator=gen, meta={k: meta[k] for k in ("answer", "spans", "qtype")
                                           if k in meta})
     print_trajectory(traj)

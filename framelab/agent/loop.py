@@ -45,6 +45,7 @@ class AgentConfig:
     temperature: float = 0.0     # 0: greedy
     k: int = 3
     text_weight: float = 0.5
+    index: str = "tower"         # search features: tower (clip embeddings) | pixels (diagnostic)
 
 
 @dataclass
@@ -155,7 +156,8 @@ def run_agent(model, tokenizer, frames: torch.Tensor, fps: float, question: str,
     r = renderer_for(model, tokenizer)
     device = next(model.parameters()).device
     frames = frames.to(device)
-    tools = toolbox or Toolbox(model, tokenizer, frames, fps, k=cfg.k, text_weight=cfg.text_weight)
+    tools = toolbox or Toolbox(model, tokenizer, frames, fps, k=cfg.k, text_weight=cfg.text_weight,
+                               features=cfg.index)
     traj = Trajectory(question, cfg.overview, meta=dict(meta or {}))
     ctx = start_context(r, frames, question, cfg.overview, cfg.budget)
     stops = [r.ids[TOOL_CALL_END], r.ids[IM_END]]

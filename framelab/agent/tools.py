@@ -7,12 +7,14 @@ A call is written between `<tool_call>` and `</tool_call>` as `name(arg, arg, ke
   "a-b, c-d, ..." (seconds, one decimal), best first. Scoring, per clip (a window of about 1/16
   of the video, half-overlapping):
       score = novelty(clip) + text_weight * relevance(query, clip)
-  - clip embeddings: the vision tower + projector's tokens of every frame pair, computed once per
-    video (`VideoIndex`, in chunks of 64 frames; the tower attends within a frame pair, so the
-    chunks change nothing);
-  - novelty: 1 - the largest cosine similarity of any of the clip's tokens to any token outside
-    the clip's temporal neighbourhood, i.e. "something here is seen nowhere else" (what a needle
-    is);
+  - clip embeddings: the vision tower + projector's tokens of every frame pair (one per
+    cell of 2p x 2p pixels), computed once per video (`VideoIndex`, in chunks of 64 frames; the
+    tower attends within a frame pair, so the chunks change nothing);
+  - novelty: how far the clip's cells lie from the same cells' median over the whole video (the
+    L2 distance, summed over cells, averaged over the clip's frame pairs, divided by the largest
+    clip's), i.e. "something here is not what this video usually shows" (what a needle is).
+    `features="pixels"` computes it on the cells' raw pixels instead of the tower's tokens: a
+    diagnostic that separates what the tower perceives from what the policy does with it;
   - relevance: the largest cosine similarity of the clip's tokens to the query's embedding. The
     query is embedded with the LM's own input-embedding table (mean over its tokens): the space
     the projector maps vision tokens into. Nothing trains text and vision tokens to align in that
@@ -49,6 +51,7 @@ USAGE = "search(query, k) | zoom(start_s, end_s, frames) | memory_write(text) | 
 # token itself and read as a call
 NO_CALL = f"error: no tool call (expected one of {USAGE} between the tool-call tokens)"
 MAX_ZOOM_FRAMES = 16
+FEATURES = ("tower", "pixels")
 _CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.S)
 
 
@@ -144,40 +147,45 @@ class VideoIndex:
     step_s: float                 # seconds per temporal step
     window: int                   # steps per clip
     stride: int
-    novelty: torch.Tensor         # (clips,)
+    novelty: torch.Tensor         # (clips,) in [0, 1]
     starts: list[int] = field(default_factory=list)
 
     @staticmethod
     @torch.no_grad()
-    def build(model, frames: torch.Tensor, fps: float, chunk: int = 64) -> "VideoIndex":
+    def build(model, frames: torch.Tensor, fps: float, chunk: int = 64,
+              features: str = "tower") -> "VideoIndex":
+        if features not in FEATURES:
+            raise ToolError(f"index features {features!r}; choose one of {', '.join(FEATURES)}")
         vcfg = model.config.vision
         tp = vcfg.temporal_patch
         n = frames.shape[0] - frames.shape[0] % tp
         if n < tp:
             raise ToolError(f"a video of {frames.shape[0]} frames is too short to index")
         frames = frames[:n]
+        steps = n // tp
         dtype = next(model.parameters()).dtype
         feats = []
         for lo in range(0, n, chunk):
             clip = frames[lo:lo + chunk].to(dtype)
             for t in model.vision([clip]):
                 feats.append(model.projector(t))
-        x = torch.cat(feats).float()
-        steps = n // tp
-        x = F.normalize(x.reshape(steps, -1, x.shape[-1]), dim=-1)
+        x = torch.cat(feats).float().reshape(steps, -1, feats[0].shape[-1])
+        if features == "pixels":        # the same cells, as raw pixels (a diagnostic)
+            cell = vcfg.patch_size * vcfg.merge
+            h, w = frames.shape[2] // cell, frames.shape[3] // cell
+            cells = frames.float().reshape(steps, tp, 3, h, cell, w, cell)
+            cells = cells.permute(0, 3, 5, 1, 2, 4, 6).reshape(steps, h * w, -1)
+        else:
+            cells = x
         window = max(1, round(steps / 16))
         stride = max(1, window // 2)
         starts = list(range(0, max(steps - window, 0) + 1, stride))
         if starts[-1] + window < steps:
             starts.append(steps - window)
-        flat = x.reshape(-1, x.shape[-1])
-        step_of = torch.arange(steps).repeat_interleave(x.shape[1])
-        sim = flat @ flat.T
-        near = (step_of[:, None] - step_of[None, :]).abs() <= window
-        sim = sim.masked_fill(near, -1.0) if not bool(near.all()) else sim
-        token_novelty = (1 - sim.max(dim=1).values).reshape(steps, -1).max(dim=1).values
-        novelty = torch.stack([token_novelty[s:s + window].max() for s in starts])
-        return VideoIndex(x, tp / fps, window, stride, novelty, starts)
+        energy = (cells - cells.median(dim=0, keepdim=True).values).norm(dim=-1).sum(dim=1)
+        novelty = torch.stack([energy[s:s + window].mean() for s in starts])
+        novelty = novelty / novelty.max().clamp(min=1e-8)
+        return VideoIndex(F.normalize(x, dim=-1), tp / fps, window, stride, novelty, starts)
 
     def relevance(self, query: torch.Tensor | None) -> torch.Tensor:
         if query is None:
@@ -255,8 +263,10 @@ class Toolbox:
     index, built on the first search)."""
 
     def __init__(self, model, tokenizer, frames: torch.Tensor, fps: float, *, k: int = 3,
-                 text_weight: float = 0.5, index: VideoIndex | None = None):
+                 text_weight: float = 0.5, index: VideoIndex | None = None,
+                 features: str = "tower"):
         self.model, self.tokenizer = model, tokenizer
+        self.features = features
         self.frames, self.fps = frames, float(fps)
         self.k, self.text_weight = k, text_weight
         self.index = index
@@ -264,7 +274,8 @@ class Toolbox:
 
     def get_index(self) -> VideoIndex:
         if self.index is None:
-            self.index = VideoIndex.build(self.model, self.frames, self.fps)
+            self.index = VideoIndex.build(self.model, self.frames, self.fps,
+                                          features=self.features)
         return self.index
 
     def run(self, call_text: str) -> ToolResult:

@@ -15,8 +15,9 @@ JSON keys: `lengths`, `depths`, `agent`, `uniform` (cell accuracies, lengths x d
 index alone: the share of questions where the first / any of three spans that `search` returns for
 the expert's query overlaps the needle), `gain_at_512_plus` (the agent's mean accuracy minus
 uniform's over the cells with at least 512 frames), `tiou_when` and `tiou_when_512_plus` (agent
-and uniform), `accuracy_what` and `accuracy_what_512_plus` (multiple choice alone), `turns_mean`, `questions_per_cell`, `seconds`. `--plot` writes the two heatmaps side
-by side (and their difference); `--tensorboard DIR` logs them as images (`vniah/heatmaps`).
+and uniform), `accuracy_what` and `accuracy_what_512_plus` (multiple choice alone),
+`turns_mean`, `questions_per_cell`, `seconds`. `--plot` writes the two heatmaps side by side
+(and their difference); `--tensorboard DIR` logs them as images (`vniah/heatmaps`).
 """
 from __future__ import annotations
 
@@ -44,9 +45,10 @@ def run_cell(model, tok, length: int, depth: float, n: int, offset: int, args) -
         ep = episode(args.split, offset + j, {"lengths": [length], "depths": [depth],
                                               "size": args.size})
         frames = as_tensor(ep["frames"])
-        tools = Toolbox(model, tok, frames, ep["fps"])
+        tools = Toolbox(model, tok, frames, ep["fps"], features=args.index)
         agent = run_agent(model, tok, frames, ep["fps"], ep["question"],
-                          AgentConfig(max_turns=args.max_turns, overview=args.overview),
+                          AgentConfig(max_turns=args.max_turns, overview=args.overview,
+                                      index=args.index),
                           toolbox=tools)
         meta = ep["meta"]                       # the index alone, with the expert's query
         obj = meta["objects"][0]
@@ -119,6 +121,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-turns", type=int, default=4)
     p.add_argument("--iou", type=float, default=0.5, help="tIoU at which a 'when' answer counts")
     p.add_argument("--split", default="test")
+    p.add_argument("--index", choices=("tower", "pixels"), default="tower",
+                   help="search features: the tower's clip embeddings, or raw pixels (diagnostic)")
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
@@ -174,7 +178,7 @@ def main(argv: list[str]) -> int:
                                   for n in lengths],
         "search_top3_by_length": [mean([x for d in depths for x in cells[n, d]["search_top3"]])
                                   for n in lengths],
-        "ckpt": args.ckpt, "machine": machine(), "seconds": time.perf_counter() - t0,
+        "index": args.index, "ckpt": args.ckpt, "machine": machine(), "seconds": time.perf_counter() - t0,
     }
     print_table([{"frames": n, "agent": f"{a:.3f}", "uniform": f"{u:.3f}", "search@1": f"{s1:.2f}",
                   "search@3": f"{s3:.2f}"}

@@ -38,7 +38,7 @@ from framelab.rl.rollout import Rollout, rollout
 
 STAGES = ("sft", "rl")
 AGENT_DEFAULTS = {"max_turns": 4, "max_new_tokens": 24, "overview": 8, "budget": 2048, "k": 3,
-                  "text_weight": 0.5, "val_episodes": 32}
+                  "text_weight": 0.5, "index": "tower", "val_episodes": 32}
 
 
 class AgentModule(PolicyStages, FramelabModule):
@@ -55,6 +55,9 @@ class AgentModule(PolicyStages, FramelabModule):
         if unknown:
             raise UserError(f"module.agent has unknown keys {unknown}; valid: {', '.join(AGENT_DEFAULTS)}")
         self.agent_cfg = {**AGENT_DEFAULTS, **dict(agent or {})}
+        if self.agent_cfg["index"] not in ("tower", "pixels"):
+            raise UserError(f"module.agent.index={self.agent_cfg['index']!r}; choose tower (the "
+                            "vision tower's clip embeddings) or pixels (a diagnostic)")
         if int(self.agent_cfg["max_turns"]) < 1:
             raise UserError(f"module.agent.max_turns={self.agent_cfg['max_turns']}: expected >= 1")
         self.stage = stage
@@ -93,7 +96,7 @@ class AgentModule(PolicyStages, FramelabModule):
         c = self.agent_cfg
         return AgentConfig(max_turns=int(c["max_turns"]), max_new_tokens=int(c["max_new_tokens"]),
                            overview=int(c["overview"]), budget=c["budget"], k=int(c["k"]),
-                           text_weight=float(c["text_weight"]), **over)
+                           text_weight=float(c["text_weight"]), index=str(c["index"]), **over)
 
     # ---- sft ----------------------------------------------------------------------------------
     def compute_loss(self, batch):
@@ -150,8 +153,9 @@ class AgentModule(PolicyStages, FramelabModule):
         cfg, g = self.rl_cfg, int(self.rl_cfg["group_size"])
         turns = int(self.agent_cfg["max_turns"])
         r = renderer_for(self.model, self.tokenizer)
-        shared = [Toolbox(self.model, self.tokenizer, d["frames"], d["fps"], k=int(self.agent_cfg["k"]),
-                          text_weight=float(self.agent_cfg["text_weight"])) for d in docs]
+        shared = [Toolbox(self.model, self.tokenizer, d["frames"], d["fps"],
+                          k=int(self.agent_cfg["k"]), text_weight=float(self.agent_cfg["text_weight"]),
+                          features=str(self.agent_cfg["index"])) for d in docs]
         boxes: dict[int, Toolbox] = {}
 
         def tool(i: int, completion: list[int]):

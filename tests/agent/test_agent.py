@@ -49,8 +49,9 @@ def test_malformed_calls_are_error_results_never_exceptions(tok):
     assert box.run("finish( B )").answer == "B"
 
 
-def test_search_finds_the_only_novel_span(tok):
-    box = Toolbox(model(tok), tok, video(64), fps=8.0, text_weight=0.0)
+@pytest.mark.parametrize("features", ["tower", "pixels"])
+def test_search_finds_the_only_novel_span(tok, features):
+    box = Toolbox(model(tok), tok, video(64), fps=8.0, text_weight=0.0, features=features)
     first = box.run("search(anything, 1)").text            # the square is in frames 8..15: 1-2 s
     lo, hi = (float(x) for x in first.split("-"))
     assert lo < 2.0 and hi > 1.0, first
