@@ -127,7 +127,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", default=None)
-    p.add_argument("--index", choices=("tower", "pixels"), default="tower",
+    p.add_argument("--features", choices=("tower", "pixels"), default="tower",
                    help="search features (pixels: a diagnostic, see docs/agent.md)")
     p.add_argument("--json", default=None, help="write the trajectory here")
     args = p.parse_args(argv)
@@ -153,7 +153,7 @@ def main(argv: list[str]) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     traj = run_agent(model, tok, frames, fps, question,
                      AgentConfig(max_turns=args.max_turns, temperature=args.temperature,
-                                 index=args.index),
+                                 index=args.features),
                      generator=gen, meta={k: meta[k] for k in ("answer", "spans", "qtype")
                                           if k in meta})
     print_trajectory(traj)

@@ -45,10 +45,10 @@ def run_cell(model, tok, length: int, depth: float, n: int, offset: int, args) -
         ep = episode(args.split, offset + j, {"lengths": [length], "depths": [depth],
                                               "size": args.size})
         frames = as_tensor(ep["frames"])
-        tools = Toolbox(model, tok, frames, ep["fps"], features=args.index)
+        tools = Toolbox(model, tok, frames, ep["fps"], features=args.features)
         agent = run_agent(model, tok, frames, ep["fps"], ep["question"],
                           AgentConfig(max_turns=args.max_turns, overview=args.overview,
-                                      index=args.index),
+                                      index=args.features),
                           toolbox=tools)
         meta = ep["meta"]                       # the index alone, with the expert's query
         obj = meta["objects"][0]
@@ -121,7 +121,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-turns", type=int, default=4)
     p.add_argument("--iou", type=float, default=0.5, help="tIoU at which a 'when' answer counts")
     p.add_argument("--split", default="test")
-    p.add_argument("--index", choices=("tower", "pixels"), default="tower",
+    p.add_argument("--features", choices=("tower", "pixels"), default="tower",
                    help="search features: the tower's clip embeddings, or raw pixels (diagnostic)")
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None)
@@ -178,7 +178,7 @@ def main(argv: list[str]) -> int:
                                   for n in lengths],
         "search_top3_by_length": [mean([x for d in depths for x in cells[n, d]["search_top3"]])
                                   for n in lengths],
-        "index": args.index, "ckpt": args.ckpt, "machine": machine(), "seconds": time.perf_counter() - t0,
+        "index": args.features, "ckpt": args.ckpt, "machine": machine(), "seconds": time.perf_counter() - t0,
     }
     print_table([{"frames": n, "agent": f"{a:.3f}", "uniform": f"{u:.3f}", "search@1": f"{s1:.2f}",
                   "search@3": f"{s3:.2f}"}
