@@ -83,7 +83,8 @@ def read_shard(path: str, index: int) -> dict:
         with tarfile.open(path) as tar:
             names = sorted({m.name.split(".", 1)[0] for m in tar.getmembers()})
             if not 0 <= index < len(names):
-                raise UserError(f"--shard {path}: --index {index} but the shard has {len(names)} samples")
+                raise UserError(f"--shard {path}: --index {index} but the shard has "
+                                f"{len(names)} samples")
             key = names[index]
             doc = json.loads(tar.extractfile(f"{key}.json").read())
             frames = np.load(io.BytesIO(tar.extractfile(f"{key}.npy").read()))

@@ -14,7 +14,8 @@ Entries (`Entry.kind`):
   tool's result, so the prefix a rollout has cached never changes) and summaries of dropped
   entries (shown in the system turn).
 
-Rendering (`Context.render`) follows framelab's chat template (`<|im_start|>role\\n…<|im_end|>\\n`):
+Rendering (`Context.render`) follows framelab's chat template
+(`<|im_start|>role\\n…<|im_end|>\\n`):
 
     system    : the instruction, then "Memory:" and the summaries of dropped entries
     user      : the overview observation (a vision block) and the question
@@ -112,7 +113,8 @@ class Renderer:
         """`<tool_call>text</tool_call>`."""
         return [self.ids[TOOL_CALL]] + self.text(text) + [self.ids[TOOL_CALL_END]]
 
-    def result(self, text: str, frames: torch.Tensor | None, then: list[int] | None = None) -> list[int]:
+    def result(self, text: str, frames: torch.Tensor | None,
+               then: list[int] | None = None) -> list[int]:
         """The tokens a tool result adds after the call: end of the assistant turn, a user turn
         with `<tool_response>text[vision]</tool_response>`, the next assistant header, and `then`
         (e.g. a forced `finish(` prefix)."""

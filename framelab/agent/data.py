@@ -121,7 +121,8 @@ class AgentDataModule(L.LightningDataModule):
                  samples: dict | None = None, size: int = 32, patch_size: int = 8,
                  when_prob: float = 0.5, overview: int = 8, direct_frames: int = 16,
                  miss_prob: float = 0.3, direct_prob: float = 0.2, batch_size: int = 8,
-                 val_batch_size: int = 4, cache_dir: str = ".cache", tokenizer_vocab_size: int = 1024,
+                 val_batch_size: int = 4, cache_dir: str = ".cache",
+                 tokenizer_vocab_size: int = 1024,
                  world_seed: int = 0, seed: int = 0, num_workers: int = 0):
         super().__init__()
         self.lengths, self.depths = [int(x) for x in lengths], [float(d) for d in depths]
@@ -157,7 +158,8 @@ class AgentDataModule(L.LightningDataModule):
     def vision_tokens(self, frames: torch.Tensor) -> int:
         """Placeholders of a clip: one per 2 frames x 2p x 2p pixels (the data's convention)."""
         cell = 2 * self.patch_size
-        return math.ceil(frames.shape[0] / 2) * (frames.shape[2] // cell) * (frames.shape[3] // cell)
+        grid = (frames.shape[2] // cell) * (frames.shape[3] // cell)
+        return math.ceil(frames.shape[0] / 2) * grid
 
     def params(self) -> dict:
         return {"lengths": self.lengths, "depths": self.depths, "size": self.size,
@@ -167,7 +169,8 @@ class AgentDataModule(L.LightningDataModule):
     def item(self, split: str, index: int) -> dict:
         self.setup()
         ep = episode(split, index, self.params(), self.world_seed)
-        rng = np.random.default_rng([self.seed, index, {"train": 0, "val": 1, "test": 2}.get(split, 3)])
+        code = {"train": 0, "val": 1, "test": 2}.get(split, 3)
+        rng = np.random.default_rng([self.seed, index, code])
         traj = expert_trajectory(ep, rng, self.miss_prob, self.direct_prob, self.overview,
                                  self.direct_frames)
         frames = as_tensor(ep["frames"])

@@ -119,7 +119,8 @@ def start_context(renderer: Renderer, frames: torch.Tensor, question: str, overv
 
 def renderer_for(model, tokenizer) -> Renderer:
     vcfg = model.config.vision
-    return Renderer(tokenizer, lambda f: video_token_count(f.shape[0], f.shape[2], f.shape[3], vcfg))
+    return Renderer(tokenizer,
+                    lambda f: video_token_count(f.shape[0], f.shape[2], f.shape[3], vcfg))
 
 
 def split_call(text: str) -> tuple[str, str | None]:

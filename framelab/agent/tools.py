@@ -46,7 +46,8 @@ SIGNATURES = {
     "memory_read": (),
     "finish": (("answer", str, None),),
 }
-USAGE = "search(query, k) | zoom(start_s, end_s, frames) | memory_write(text) | memory_read() | finish(answer)"
+USAGE = ("search(query, k) | zoom(start_s, end_s, frames) | memory_write(text) | memory_read() "
+         "| finish(answer)")
 # error texts name no special token: written in a tool result, "<tool_call>" would become the
 # token itself and read as a call
 NO_CALL = f"error: no tool call (expected one of {USAGE} between the tool-call tokens)"

@@ -80,7 +80,8 @@ def plot(result: dict, path: str | None, tb_dir: str | None) -> None:
     a, u = np.array(result["agent"]), np.array(result["uniform"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, data, title, cmap, lim in ((axes[0], a, "agent", "viridis", (0, 1)),
-                                       (axes[1], u, f"uniform {result['frames']} frames", "viridis", (0, 1)),
+                                       (axes[1], u, f"uniform {result['frames']} frames",
+                                        "viridis", (0, 1)),
                                        (axes[2], a - u, "agent - uniform", "RdBu", (-1, 1))):
         im = ax.imshow(data, vmin=lim[0], vmax=lim[1], cmap=cmap, aspect="auto")
         ax.set_title(title)
@@ -178,7 +179,8 @@ def main(argv: list[str]) -> int:
                                   for n in lengths],
         "search_top3_by_length": [mean([x for d in depths for x in cells[n, d]["search_top3"]])
                                   for n in lengths],
-        "index": args.features, "ckpt": args.ckpt, "machine": machine(), "seconds": time.perf_counter() - t0,
+        "index": args.features, "ckpt": args.ckpt, "machine": machine(),
+        "seconds": time.perf_counter() - t0,
     }
     print_table([{"frames": n, "agent": f"{a:.3f}", "uniform": f"{u:.3f}", "search@1": f"{s1:.2f}",
                   "search@3": f"{s3:.2f}"}
@@ -189,7 +191,8 @@ def main(argv: list[str]) -> int:
                 ["frames", "agent", "uniform", "search@1", "search@3"])
     g = result["gain_at_512_plus"]
     print(f"gain_at_512_plus: {g:+.3f}" if g is not None else "gain_at_512_plus: no cell >= 512")
-    print(f"tiou_when: agent {result['tiou_when']['agent']}, uniform {result['tiou_when']['uniform']}")
+    print(f"tiou_when: agent {result['tiou_when']['agent']}, "
+          f"uniform {result['tiou_when']['uniform']}")
     print(f"accuracy_what: agent {result['accuracy_what']['agent']}, "
           f"uniform {result['accuracy_what']['uniform']}")
     if args.plot or args.tensorboard:

@@ -3,10 +3,11 @@
 - stage `sft`: next-token loss on the model's own tokens of expert trajectories
   (`framelab.agent.data`): reasoning and tool calls, never observations or tool results.
 - stage `rl`: agentic RL on the RL engine (`PolicyStages`, docs/rl.md). Each rollout is the
-  agent's episode decoded with the KV cache: at every `</tool_call>` the engine calls `rollout_tool`,
-  which runs the call against the episode's video and appends the result (text and frames) with
-  loss mask 0; the turn before the last ends its result with `<tool_call>finish(` (forced finish,
-  masked too). The search index of a video is built once and shared by its G samples. Rewards:
+  agent's episode decoded with the KV cache: at every `</tool_call>` the engine calls
+  `rollout_tool`, which runs the call against the episode's video and appends the result (text
+  and frames) with loss mask 0; the turn before the last ends its result with `<tool_call>finish(` (forced finish,
+  masked too); the tool-result log-probs are zeroed before the loss (`score_chunk`). The search
+  index of a video is built once and shared by its G samples. Rewards:
   `module.rl.rewards`, by default `agent_answer` (letter accuracy, temporal IoU for "when") and
   `agent_turns` at a small weight (a cost per tool call) (`framelab.agent.rewards`).
 
@@ -50,10 +51,12 @@ class AgentModule(PolicyStages, FramelabModule):
         super().__init__(optim, scheduler, init_from, init_parts, freeze)
         self.save_hyperparameters()
         if stage not in STAGES:
-            raise UserError(f"module.stage={stage!r}; the agent trains with one of {', '.join(STAGES)}")
+            raise UserError(f"module.stage={stage!r}; the agent trains with one of "
+                            f"{', '.join(STAGES)}")
         unknown = sorted(set(agent or {}) - set(AGENT_DEFAULTS))
         if unknown:
-            raise UserError(f"module.agent has unknown keys {unknown}; valid: {', '.join(AGENT_DEFAULTS)}")
+            raise UserError(f"module.agent has unknown keys {unknown}; valid: "
+                            f"{', '.join(AGENT_DEFAULTS)}")
         self.agent_cfg = {**AGENT_DEFAULTS, **dict(agent or {})}
         if self.agent_cfg["index"] not in ("tower", "pixels"):
             raise UserError(f"module.agent.index={self.agent_cfg['index']!r}; choose tower (the "
@@ -154,7 +157,8 @@ class AgentModule(PolicyStages, FramelabModule):
         turns = int(self.agent_cfg["max_turns"])
         r = renderer_for(self.model, self.tokenizer)
         shared = [Toolbox(self.model, self.tokenizer, d["frames"], d["fps"],
-                          k=int(self.agent_cfg["k"]), text_weight=float(self.agent_cfg["text_weight"]),
+                          k=int(self.agent_cfg["k"]),
+                          text_weight=float(self.agent_cfg["text_weight"]),
                           features=str(self.agent_cfg["index"])) for d in docs]
         boxes: dict[int, Toolbox] = {}
 
@@ -168,7 +172,8 @@ class AgentModule(PolicyStages, FramelabModule):
         was_training = self.model.training
         self.model.eval()
         ro = rollout(self.model, [d["prompt"] for d in docs], [d["videos"] for d in docs], g,
-                     max_new_tokens=int(cfg["max_new_tokens"]), temperature=float(cfg["temperature"]),
+                     max_new_tokens=int(cfg["max_new_tokens"]),
+                     temperature=float(cfg["temperature"]),
                      top_k=cfg["top_k"], top_p=cfg["top_p"], stop_tokens=self.stop_tokens(),
                      generator=self.generator(), tool=tool, tool_stop=self.tokens[TOOL_CALL_END],
                      max_turns=turns, max_total=cfg["max_total"])
