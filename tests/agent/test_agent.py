@@ -153,3 +153,19 @@ def test_error_texts_hold_no_special_token(tok):
                                               TOOL_RESPONSE_END)}
     for text in (NO_CALL, box.run("fly()").text, box.run("zoom(").text):
         assert not specials & set(tok.encode(text, add_special_tokens=False).ids), text
+
+
+def test_commands_registered_and_bad_input_is_one_line(tmp_path, capsys):
+    from framelab.benchmarks import available
+    from framelab.cli import main
+    assert "vniah" in available()
+    assert main(["agent", "--ckpt", str(tmp_path / "none.ckpt"), "--world", "val:1"]) == 2
+    assert main(["bench", "vniah", "--ckpt", "x", "--lengths", "64,abc"]) == 2
+    bad = tmp_path / "bad.tar"
+    bad.write_text("not a tar")
+    from framelab.agent.command import read_shard
+    from framelab.errors import UserError
+    with pytest.raises(UserError):
+        read_shard(str(bad), 0)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("framelab: error:") for line in err)
