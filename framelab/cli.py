@@ -4,6 +4,7 @@
     framelab data ...        (datasets: synth, pack; see `framelab data --help`)
     framelab convert ...     (checkpoint conversions)
     framelab bench NAME ...  (measured comparisons; NAME is a module of framelab.benchmarks)
+    framelab agent ...       (the video agent on one video; see `framelab agent --help`)
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ TOOLS = {
     "data": "framelab.datamodules.commands",
     "convert": "framelab.convert",
     "bench": "framelab.benchmarks",
+    "agent": "framelab.agent.command",
 }
 
 

@@ -60,7 +60,7 @@ def test_cfg_job_prints_the_resolved_config(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["experiment=nonexistent"], "unknown experiment 'nonexistent'; valid choices for "
-                                 "experiment=: debug"),
+                                 "experiment=: agent_rl, agent_sft, debug"),
     (["model=huge"], "valid choices for model=: qwen3-0.6b, qwen3-1.7b, qwen3-8b, small, tiny"),
     (["trainer.max_stesp=3"], "unknown config key 'trainer.max_stesp'; did you mean "
                               "trainer.max_steps"),

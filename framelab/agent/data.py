@@ -1,0 +1,208 @@
+"""The agent's data: episodes of the world's `needle` task and expert trajectories synthesised
+from its ground truth (the task knows where its needle is).
+
+An expert trajectory (`expert_trajectory`):
+
+1. `search(query)` -- the query names the object for a "when" question ("red circle") and is
+   "object seen briefly" for a "what" question (the object is what is asked). Its result lists
+   three clip spans as the index cuts them (windows of about 1/16 of the video, half-overlapping):
+   the clip that overlaps the needle most, and two clips away from it;
+2. `zoom(a, b)` on the first span;
+3. with probability `miss_prob` the right clip is listed second, the first zoom misses, and the
+   expert zooms on the second span (a search that misses and recovers);
+4. `finish(answer)`: the option letter, or for "when" the span it zoomed on (what the context
+   shows).
+
+With probability `direct_prob` the trajectory is instead one forced `finish` after an overview of
+`direct_frames` uniformly sampled frames: the same model then also answers without tools, which is
+the uniform-sampling baseline of `framelab bench vniah`.
+
+`AgentDataModule` renders each trajectory through `framelab.agent.context` (labels on the
+model's own tokens only) and packs a batch into one row (`input_ids`, `labels`, `cu_seqlens`,
+`videos` in placeholder order) with the raw `episodes` (frames, fps, question, meta) that the RL
+stage and validation run the agent on. Samples are generated on the fly from (split, index):
+deterministic, nothing downloaded.
+"""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from framelab.agent.context import Renderer
+from framelab.agent.loop import FORCED, Trajectory, Turn
+from framelab.agent.tools import fmt_spans
+from framelab.datamodules.special_tokens import PAD, special_token_ids
+from framelab.datamodules.tokenizer import ensure_tokenizer
+from framelab.errors import UserError
+from framelab.evaluation.temporal import temporal_iou
+from framelab.world.tasks import make_sample
+
+WHAT_QUERY = "object seen briefly"
+
+
+def episode(split: str, index: int, params: dict, world_seed: int = 0) -> dict:
+    """One needle sample as an episode: frames uint8 (T, H, W, 3), fps, question, meta, key."""
+    s = make_sample("needle", split, index, params, world_seed=world_seed)
+    question = s.conversation[0]["content"].replace("<video>\n", "").replace("<video>", "")
+    return {"frames": s.frames, "fps": float(s.fps), "question": question, "meta": dict(s.meta),
+            "key": s.key}
+
+
+def as_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float (T, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def clip_spans(frames: int, fps: float, temporal_patch: int = 2) -> list[tuple[float, float]]:
+    """The spans (seconds) of the clips `framelab.agent.tools.VideoIndex` cuts a video into."""
+    steps = frames // temporal_patch
+    window = max(1, round(steps / 16))
+    stride = max(1, window // 2)
+    starts = list(range(0, max(steps - window, 0) + 1, stride))
+    if starts[-1] + window < steps:
+        starts.append(steps - window)
+    step_s = temporal_patch / fps
+    return [(s * step_s, (s + window) * step_s) for s in starts]
+
+
+def expert_trajectory(ep: dict, rng: np.random.Generator, miss_prob: float = 0.3,
+                      direct_prob: float = 0.0, overview: int = 8,
+                      direct_frames: int = 16) -> Trajectory:
+    """An expert trajectory for an episode (the module docstring)."""
+    meta, fps, n = ep["meta"], ep["fps"], int(ep["frames"].shape[0])
+    when = meta.get("format") == "span"
+    if rng.random() < direct_prob:
+        answer = meta["answer"]
+        call = f"{FORCED}{answer})"
+        return Trajectory(ep["question"], direct_frames,
+                          [Turn(f"<tool_call>{call}</tool_call>", call, forced=True)], answer,
+                          {"key": ep["key"], "direct": True})
+    spans = clip_spans(n, fps)
+    truth = meta["spans"]
+    ious = [temporal_iou(s, truth) for s in spans]
+    hit = int(np.argmax(ious))
+    far = [i for i, s in enumerate(spans) if temporal_iou(s, [spans[hit]]) == 0.0 and ious[i] == 0]
+    others = [far[i] for i in rng.permutation(len(far))[:2]] if far else []
+    miss = bool(others) and rng.random() < miss_prob
+    listed = [others[0], hit] + others[1:] if miss else [hit] + others
+    obj = meta["objects"][meta.get("target", 0)]
+    name = f"{obj['colour']} {obj['shape']}" if when else None
+    query = name or WHAT_QUERY
+    turns = [Turn("", f"search({query})", fmt_spans(spans[i] for i in listed))]
+    duration = n / fps
+    for i in (listed[:2] if miss else listed[:1]):
+        lo, hi = max(0.0, spans[i][0]), min(duration, spans[i][1])
+        turns.append(Turn("", f"zoom({spans[i][0]:.1f}, {spans[i][1]:.1f})",
+                          f"{lo:.1f}-{hi:.1f}", [lo, hi], 8))
+    answer = f"{spans[hit][0]:.1f}-{spans[hit][1]:.1f}" if when else meta["answer"]
+    turns.append(Turn("", f"finish({answer})"))
+    for t in turns:
+        t.text = f"<tool_call>{t.call}</tool_call>"
+    return Trajectory(ep["question"], overview, turns, answer, {"key": ep["key"], "miss": miss})
+
+
+class _Episodes(Dataset):
+    def __init__(self, dm: "AgentDataModule", split: str, size: int):
+        self.dm, self.split, self.size = dm, split, size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, i):
+        return self.dm.item(self.split, i)
+
+
+class AgentDataModule(L.LightningDataModule):
+    def __init__(self, lengths=(64, 128, 256, 512), depths=(0.0, 0.25, 0.5, 0.75, 1.0),
+                 samples: dict | None = None, size: int = 32, patch_size: int = 8,
+                 when_prob: float = 0.5, overview: int = 8, direct_frames: int = 16,
+                 miss_prob: float = 0.3, direct_prob: float = 0.2, batch_size: int = 8,
+                 val_batch_size: int = 4, cache_dir: str = ".cache",
+                 tokenizer_vocab_size: int = 1024,
+                 world_seed: int = 0, seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        self.lengths, self.depths = [int(x) for x in lengths], [float(d) for d in depths]
+        if not self.lengths or any(n < 32 or n > 4096 for n in self.lengths):
+            raise UserError(f"data.lengths={list(lengths)}: expected haystack lengths of 32..4096 "
+                            "frames (the benchmark uses 64..2048)")
+        self.samples = {"train": 4096, "val": 32, **dict(samples or {})}
+        self.size, self.patch_size = int(size), int(patch_size)
+        if self.size % (2 * self.patch_size):
+            raise UserError(f"data.size={size} must be a multiple of 2 x data.patch_size="
+                            f"{2 * self.patch_size}")
+        self.when_prob, self.overview, self.direct_frames = when_prob, overview, direct_frames
+        self.miss_prob, self.direct_prob = miss_prob, direct_prob
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.cache_dir, self.vocab = cache_dir, tokenizer_vocab_size
+        self.world_seed, self.seed, self.num_workers = world_seed, seed, num_workers
+        self.tokenizer = None
+        self.special_ids: dict[str, int] = {}
+        self.renderer: Renderer | None = None
+
+    # ---- what the modules read ----------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = ensure_tokenizer(self.cache_dir, None, self.vocab)
+            self.special_ids = special_token_ids(self.tokenizer)
+            self.renderer = Renderer(self.tokenizer, self.vision_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        self.setup()
+        return self.tokenizer.get_vocab_size()
+
+    def vision_tokens(self, frames: torch.Tensor) -> int:
+        """Placeholders of a clip: one per 2 frames x 2p x 2p pixels (the data's convention)."""
+        cell = 2 * self.patch_size
+        grid = (frames.shape[2] // cell) * (frames.shape[3] // cell)
+        return math.ceil(frames.shape[0] / 2) * grid
+
+    def params(self) -> dict:
+        return {"lengths": self.lengths, "depths": self.depths, "size": self.size,
+                "when_prob": self.when_prob}
+
+    # ---- items --------------------------------------------------------------------------------
+    def item(self, split: str, index: int) -> dict:
+        self.setup()
+        ep = episode(split, index, self.params(), self.world_seed)
+        code = {"train": 0, "val": 1, "test": 2}.get(split, 3)
+        rng = np.random.default_rng([self.seed, index, code])
+        traj = expert_trajectory(ep, rng, self.miss_prob, self.direct_prob, self.overview,
+                                 self.direct_frames)
+        frames = as_tensor(ep["frames"])
+        out = traj.context(self.renderer, frames, ep["fps"]).render(generation_prompt=False,
+                                                                  finished=True)
+        return {"input_ids": out.ids, "labels": out.labels, "videos": out.videos, "episode": ep}
+
+    def collate(self, items: list[dict]) -> dict:
+        ids = [t for it in items for t in it["input_ids"]]
+        labels = [t for it in items for t in it["labels"]]
+        cu = torch.zeros(len(items) + 1, dtype=torch.int32)
+        cu[1:] = torch.tensor(np.cumsum([len(it["input_ids"]) for it in items]), dtype=torch.int32)
+        return {"input_ids": torch.tensor(ids)[None], "labels": torch.tensor(labels)[None],
+                "cu_seqlens": cu, "videos": [v for it in items for v in it["videos"]],
+                "episodes": [it["episode"] for it in items]}
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(_Episodes(self, split, int(self.samples.get(split, 0))),
+                          batch_size=batch_size, shuffle=shuffle, generator=g,
+                          collate_fn=self.collate, num_workers=self.num_workers)
+
+    def train_dataloader(self):
+        return self._loader("train", True, self.batch_size)
+
+    def val_dataloader(self):
+        return self._loader("val", False, self.val_batch_size)
+
+    def test_dataloader(self):
+        return self._loader("test", False, self.val_batch_size)
+
+    @property
+    def pad_id(self) -> int:
+        self.setup()
+        return self.special_ids[PAD]

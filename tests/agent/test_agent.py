@@ -1,0 +1,171 @@
+"""The MCR agent: tool parsing and malformed calls, the context's labels and budget, forced
+finish, greedy determinism, the trajectory's data format, and masked tool results in RL."""
+import numpy as np
+import pytest
+import torch
+
+from framelab.agent.context import IGNORE, Context, Entry
+from framelab.agent.data import as_tensor, episode, expert_trajectory
+from framelab.agent.loop import AgentConfig, Trajectory, renderer_for, run_agent, start_context
+from framelab.agent.rewards import agent_answer_reward, final_answer
+from framelab.agent.tools import Toolbox, ToolError, parse_call
+from framelab.datamodules.special_tokens import TOOL_CALL, TOOL_CALL_END, TOOL_RESPONSE, \
+    TOOL_RESPONSE_END
+from framelab.lightning_modules.agent import rollout_tool
+from framelab.rl.rollout import rollout
+from tests.agent.helpers import model, script, tokenizer, video
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tokenizer()
+
+
+def test_parse_call_forms():
+    assert parse_call("search(red circle, 2)") == ("search", {"query": "red circle", "k": 2})
+    assert parse_call("search(query='a, b')") == ("search", {"query": "a, b", "k": 3})
+    assert parse_call(" zoom(1, 2.5) ") == ("zoom", {"start_s": 1.0, "end_s": 2.5, "frames": 8})
+    assert parse_call('{"name": "finish", "arguments": {"answer": "B"}}') == \
+        ("finish", {"answer": "B"})
+    assert parse_call("memory_read()") == ("memory_read", {})
+    for bad in ("zoom(", "fly(1)", "zoom(a, 2)", "zoom(1)", "search(x, 2, 3)", "finish(k=1)",
+                "zoom(1, nan)", "{not json", "search(x, k=2, k=3)"):
+        with pytest.raises(ToolError):
+            parse_call(bad)
+
+
+def test_malformed_calls_are_error_results_never_exceptions(tok):
+    box = Toolbox(model(tok), tok, video(), fps=8.0)
+    for bad in ("zoom(", "fly()", "zoom(3, 1)", "zoom(9, 10)", "zoom(0, 1, 40)", "search(x, 0)",
+                "", "search(", "memory_write()"):
+        r = box.run(bad)
+        assert r.error and r.text.startswith("error:") and r.frames is None, bad
+    z = box.run("zoom(1.0, 2.0, 4)")
+    assert not z.error and z.frames.shape == (4, 3, 32, 32) and z.span == (1.0, 2.0)
+    s = box.run("search(bright square, 2)")
+    assert not s.error and s.text.count("-") == 2
+    assert box.run("memory_write(seen at 1 s)").text == "saved: seen at 1 s"
+    assert box.run("memory_read()").text == "seen at 1 s"
+    assert box.run("finish( B )").answer == "B"
+
+
+@pytest.mark.parametrize("features", ["tower", "pixels"])
+def test_search_finds_the_only_novel_span(tok, features):
+    box = Toolbox(model(tok), tok, video(64), fps=8.0, text_weight=0.0, features=features)
+    first = box.run("search(anything, 1)").text            # the square is in frames 8..15: 1-2 s
+    lo, hi = (float(x) for x in first.split("-"))
+    assert lo < 2.0 and hi > 1.0, first
+
+
+def test_expert_labels_cover_the_models_tokens_only(tok):
+    m = model(tok)
+    r = renderer_for(m, tok)
+    ep = episode("train", 3, {"lengths": [64]})
+    traj = expert_trajectory(ep, np.random.default_rng(0), miss_prob=1.0)
+    out = traj.context(r, as_tensor(ep["frames"]), ep["fps"]).render(False, finished=True)
+    trained = [t for t in out.labels if t != IGNORE]
+    calls = [t.call for t in traj.turns]
+    assert tok.decode(trained, skip_special_tokens=False) == \
+        "".join(f"<tool_call>{c}</tool_call>" for c in calls) + "<|im_end|>"
+    inside, ids = False, out.ids                     # no label between the tool-response tokens
+    for i, t in enumerate(ids):
+        inside = (inside or t == r.ids[TOOL_RESPONSE]) and t != r.ids[TOOL_RESPONSE_END]
+        assert not inside or out.labels[i] == IGNORE
+    assert len(out.videos) == 1 + sum(1 for t in traj.turns if t.frames)
+
+
+def test_budget_drops_frames_then_results_and_keeps_memory(tok):
+    r = renderer_for(model(tok), tok)
+    ctx = Context(r, budget=None)
+    ctx.add(Entry("instruction", "sys", role="system"))
+    ctx.add(Entry("observation", frames=video(8)))
+    ctx.add(Entry("instruction", "question?", role="user"))
+    ctx.add(Entry("memory", "keep me"))
+    for t in range(1, 4):
+        ctx.add(Entry("tool_call", "zoom(1, 2)", turn=t))
+        ctx.add(Entry("tool_result", "1.0-2.0 " * 5, frames=video(8), turn=t))
+    full = len(ctx.render().ids)
+    ctx.budget = full - 10
+    out = ctx.render()
+    assert len(out.ids) <= ctx.budget and 2 <= len(out.videos) < 4   # old zoom frames go first
+    results = {e.turn: e for e in ctx.entries if e.kind == "tool_result"}
+    assert results[1].frames is None and results[3].frames is not None and len(results) == 3
+    ctx.budget = 10
+    ctx.render()                                   # as small as the policy allows
+    kinds = [(e.kind, e.turn) for e in ctx.entries]
+    assert ("tool_result", 3) in kinds and ("tool_result", 1) not in kinds
+    assert "keep me" in ctx.memory() and any(m.startswith("earlier:") for m in ctx.memory())
+    assert sum(k == "tool_call" for k, _ in kinds) == 3
+
+
+def test_forced_finish_on_the_last_turn_after_a_malformed_call(tok):
+    m = model(tok)
+    script(m, tok, [TOOL_CALL, "zoom(", TOOL_CALL_END, "B", ")", TOOL_CALL_END])
+    traj = run_agent(m, tok, video(), 8.0, "Which?", AgentConfig(max_turns=2, max_new_tokens=8))
+    assert len(traj.turns) == 2 and traj.turns[0].error and traj.turns[0].result.startswith("error")
+    assert traj.turns[1].forced and traj.turns[1].call == "finish(B)" and traj.answer == "B"
+    unscripted = run_agent(model(tok), tok, video(), 8.0, "Which?", AgentConfig(max_turns=1))
+    assert unscripted.turns[0].forced and unscripted.turns[0].call.startswith("finish(")
+    assert unscripted.answer is not None
+
+
+def test_greedy_loop_is_deterministic_and_round_trips(tok):
+    runs = [run_agent(model(tok), tok, video(), 8.0, "When?", AgentConfig(max_turns=3))
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+    m = model(tok)
+    script(m, tok, [TOOL_CALL, "zoom(1.0, 2.5, 8)", TOOL_CALL_END, "1.0-2.0)", TOOL_CALL_END])
+    traj = run_agent(m, tok, video(), 8.0, "When?", AgentConfig(max_turns=2), meta={"k": 1})
+    assert traj.turns[0].frames == 8 and traj.turns[0].span == [1.0, 2.5]
+    back = Trajectory.from_json(traj.to_json())
+    assert back == traj and back.to_json() == traj.to_json()
+    r = renderer_for(m, tok)
+    again = back.context(r, video(), 8.0).render(False, finished=True)
+    assert len(again.videos) == 2 and torch.equal(again.videos[1], video()[
+        torch.linspace(8, 19, 8).round().long()])
+
+
+def test_rl_rollout_masks_tool_results_and_the_forced_prefix(tok):
+    m = model(tok)
+    r = renderer_for(m, tok)
+    frames = video()
+    out = start_context(r, frames, "When is the square visible?", 8).render()
+    sampled = script(m, tok, [TOOL_CALL, "zoom(1.0, 2.0)", TOOL_CALL_END, "1.0-2.0)", TOOL_CALL_END])
+    box = Toolbox(m, tok, frames, 8.0)
+    ro = rollout(m, [out.ids], [out.videos], 1, max_new_tokens=32, stop_tokens=[r.ids["<|im_end|>"]],
+                 tool=lambda i, c: rollout_tool(r, box, box, c, 2), tool_stop=r.ids[TOOL_CALL_END],
+                 max_turns=2)
+    comp, mask = ro.completions[0], ro.loss_mask[0]
+    assert [t for t, k in zip(comp, mask) if k] == sampled
+    masked = [t for t, k in zip(comp, mask) if not k]
+    assert r.ids[TOOL_RESPONSE] in masked and masked[-len(r.text("finish(")) - 1:] == \
+        [r.ids[TOOL_CALL]] + r.text("finish(")
+    assert len(ro.videos[0]) == 2 and ro.turns[0] == 2
+    text = tok.decode(comp, skip_special_tokens=False)
+    assert final_answer(text) == "1.0-2.0"
+    assert agent_answer_reward(text, {"format": "span", "spans": [[1.0, 2.0]]}) == 1.0
+
+
+def test_error_texts_hold_no_special_token(tok):
+    from framelab.agent.tools import NO_CALL
+    box = Toolbox(model(tok), tok, video(), fps=8.0)
+    specials = {tok.token_to_id(t) for t in (TOOL_CALL, TOOL_CALL_END, TOOL_RESPONSE,
+                                              TOOL_RESPONSE_END)}
+    for text in (NO_CALL, box.run("fly()").text, box.run("zoom(").text):
+        assert not specials & set(tok.encode(text, add_special_tokens=False).ids), text
+
+
+def test_commands_registered_and_bad_input_is_one_line(tmp_path, capsys):
+    from framelab.benchmarks import available
+    from framelab.cli import main
+    assert "vniah" in available()
+    assert main(["agent", "--ckpt", str(tmp_path / "none.ckpt"), "--world", "val:1"]) == 2
+    assert main(["bench", "vniah", "--ckpt", "x", "--lengths", "64,abc"]) == 2
+    bad = tmp_path / "bad.tar"
+    bad.write_text("not a tar")
+    from framelab.agent.command import read_shard
+    from framelab.errors import UserError
+    with pytest.raises(UserError):
+        read_shard(str(bad), 0)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("framelab: error:") for line in err)
