@@ -6,7 +6,8 @@
   agent's episode decoded with the KV cache: at every `</tool_call>` the engine calls
   `rollout_tool`, which runs the call against the episode's video and appends the result (text
   and frames) with loss mask 0; the turn before the last ends its result with `<tool_call>finish(` (forced finish,
-  masked too); the tool-result log-probs are zeroed before the loss (`score_chunk`). The search
+  masked too); the policy loss zeroes the log-probs outside the loss mask (a result's
+  video placeholders are suppressed, log-prob -inf) before it uses them. The search
   index of a video is built once and shared by its G samples. Rewards:
   `module.rl.rewards`, by default `agent_answer` (letter accuracy, temporal IoU for "when") and
   `agent_turns` at a small weight (a cost per tool call) (`framelab.agent.rewards`).
@@ -138,19 +139,6 @@ class AgentModule(PolicyStages, FramelabModule):
 
     def pad_id(self) -> int:
         return self.tokens[PAD]
-
-    def score_chunk(self, part: Rollout, prompts=None, with_grad: bool = True, model=None,
-                    entropy: bool = False, videos=None) -> dict:
-        """As the policy stages score, with the log-probs of tool-result tokens set to 0: a
-        result's video placeholders are suppressed tokens (log-prob -inf), and although the loss
-        masks them, 0 x the gradient of exp(-inf - -inf) would still be NaN."""
-        out = super().score_chunk(part, prompts, with_grad, model, entropy, videos)
-        keep = out["packed"].padded(torch.tensor([m for ms in part.loss_mask for m in ms],
-                                                 device=out["logp"].device))
-        out["logp"] = torch.where(keep, out["logp"], torch.zeros_like(out["logp"]))
-        if out["entropy"] is not None:
-            out["entropy"] = torch.where(keep, out["entropy"], torch.zeros_like(out["entropy"]))
-        return out
 
     def roll_and_score(self, docs: list[dict]) -> Rollout:
         cfg, g = self.rl_cfg, int(self.rl_cfg["group_size"])

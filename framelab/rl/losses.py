@@ -112,6 +112,11 @@ def policy_loss(logp, old_logp, advantages, mask, loss_type: str = "grpo", clip_
     mask = mask.bool()
     adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
     adv = adv.detach().expand_as(logp)
+    # positions outside the mask may hold -inf (a tool result's suppressed video placeholders):
+    # zero them first, or exp(-inf - -inf) sends NaN back through the masked terms
+    logp, old_logp = torch.where(mask, logp, 0.0), torch.where(mask, old_logp, 0.0)
+    if ref_logp is not None:
+        ref_logp = torch.where(mask, ref_logp, 0.0)
 
     log_ratio = logp - old_logp
     if importance == "token":

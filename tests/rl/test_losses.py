@@ -336,3 +336,19 @@ def test_opd_advantages():
         opd_advantages(student, teacher[:, :2])
     with pytest.raises(ValueError):
         opd_advantages(student, teacher, mask=mask[:, :2])
+
+
+@pytest.mark.parametrize("importance", ["token", "sequence"])
+def test_minus_inf_outside_the_mask_leaves_loss_and_gradient_finite(importance):
+    # a tool result's video placeholders are suppressed tokens: log-prob -inf, masked out
+    logits = torch.randn(2, 5, 7, requires_grad=True)
+    suppressed = logits.detach().clone()
+    suppressed[..., 0] = float("-inf")
+    ids = torch.tensor([[1, 2, 0, 0, 3], [4, 0, 5, 6, 1]])
+    mask = ids != 0
+    logp = torch.log_softmax(logits + (suppressed - logits.detach()), -1).gather(-1, ids[..., None])[..., 0]
+    old = logp.detach()
+    loss, _ = policy_loss(logp, old, torch.tensor([1.0, -0.5]), mask, loss_type="dapo",
+                          importance=importance, ref_logp=old - 0.1, kl_coef=0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
