@@ -143,14 +143,8 @@ class LatentPolicy:
 
     def chunk_loss(self, part: Rollout, adv, old_logp):
         cfg, lat = self.rl_cfg, self.latent_cfg
-        cur = self.score_chunk(part, entropy=True)
+        cur, mask, old, ref = self.chunk_scores(part, old_logp)
         packed = cur["packed"]
-        mask = packed.padded(torch.tensor([m for ms in part.loss_mask for m in ms],
-                                          device=packed.mask.device))
-        old = old_logp if old_logp is not None else cur["logp"].detach()
-        ref = None
-        if cfg["kl_coef"] > 0 or cfg["reference"]:
-            ref = self.score_chunk(part, with_grad=False, model=self.frozen("reference"))["logp"]
         loss, stats = policy_loss(cur["logp"], old, adv, mask, loss_type=cfg["loss_type"],
                                   clip_low=cfg["clip_low"], clip_high=cfg["clip_high"],
                                   dual_clip=cfg["dual_clip"], importance=cfg["importance"],

@@ -253,16 +253,23 @@ class PolicyStages:
                                        suppress_tokens=suppressed(model))
         return {"logp": logp, "entropy": ent, "hidden": hidden, "packed": packed}
 
-    def chunk_loss(self, part: Rollout, adv, old_logp):
-        cfg = self.rl_cfg
+    def chunk_scores(self, part: Rollout, old_logp):
+        """(current scores with entropy, loss mask, behaviour log-probs, reference log-probs or
+        None) of a chunk: what every chunk loss starts from."""
         cur = self.score_chunk(part, entropy=True)
         packed = cur["packed"]                   # loss on sampled tokens only, not tool results
         mask = packed.padded(torch.tensor([m for ms in part.loss_mask for m in ms],
                                           device=packed.mask.device))
         old = old_logp if old_logp is not None else cur["logp"].detach()
         ref = None
-        if cfg["kl_coef"] > 0 or cfg["reference"]:
+        if self.rl_cfg["kl_coef"] > 0 or self.rl_cfg["reference"]:
             ref = self.score_chunk(part, with_grad=False, model=self.frozen("reference"))["logp"]
+        return cur, mask, old, ref
+
+    def chunk_loss(self, part: Rollout, adv, old_logp):
+        cfg = self.rl_cfg
+        cur, mask, old, ref = self.chunk_scores(part, old_logp)
+        packed = cur["packed"]
         if self.stage == "opd":
             teacher = self.frozen("teacher")
             inputs = [self.teacher_input(d, v) for d, v in zip(part.extra["doc"], part.videos)]
