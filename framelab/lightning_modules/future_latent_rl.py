@@ -33,7 +33,6 @@ from framelab.models.latent import TEXT, latent_hidden_states, latent_of
 from framelab.rl.latent import (contrastive_reward, diversity_reward, latent_policy_loss,
                                 length_penalty, vmf_logprob)
 from framelab.rl.logprobs import pack, token_logprobs
-from framelab.rl.losses import policy_loss
 from framelab.rl.rewards import accuracy_reward, world_format
 from framelab.rl.rollout import Rollout, rollout
 
@@ -142,15 +141,10 @@ class LatentPolicy:
                 "packed": packed, "mu": mu, "z": latents}
 
     def chunk_loss(self, part: Rollout, adv, old_logp):
-        cfg, lat = self.rl_cfg, self.latent_cfg
+        lat = self.latent_cfg
         cur, mask, old, ref = self.chunk_scores(part, old_logp)
         packed = cur["packed"]
-        loss, stats = policy_loss(cur["logp"], old, adv, mask, loss_type=cfg["loss_type"],
-                                  clip_low=cfg["clip_low"], clip_high=cfg["clip_high"],
-                                  dual_clip=cfg["dual_clip"], importance=cfg["importance"],
-                                  ref_logp=ref, kl_coef=float(cfg["kl_coef"]),
-                                  entropy=cur["entropy"])
-        stats = {k: float(v) for k, v in stats.items()}
+        loss, stats = self.clipped_loss(cur, old, adv, mask, ref)
         if cur["z"] is not None:
             counts = [0 if z is None else len(z) for z in part.extra["z"]]
             steps_adv = torch.repeat_interleave(adv, torch.tensor(counts, device=adv.device))

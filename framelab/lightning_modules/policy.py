@@ -266,6 +266,16 @@ class PolicyStages:
             ref = self.score_chunk(part, with_grad=False, model=self.frozen("reference"))["logp"]
         return cur, mask, old, ref
 
+    def clipped_loss(self, cur: dict, old, adv, mask, ref) -> tuple[torch.Tensor, dict]:
+        """The engine's clipped policy loss (+ KL) of the current scores under `module.rl`."""
+        cfg = self.rl_cfg
+        loss, stats = policy_loss(cur["logp"], old, adv, mask, loss_type=cfg["loss_type"],
+                                  clip_low=cfg["clip_low"], clip_high=cfg["clip_high"],
+                                  dual_clip=cfg["dual_clip"], importance=cfg["importance"],
+                                  ref_logp=ref, kl_coef=float(cfg["kl_coef"]),
+                                  entropy=cur["entropy"])
+        return loss, {k: float(v) for k, v in stats.items()}
+
     def chunk_loss(self, part: Rollout, adv, old_logp):
         cfg = self.rl_cfg
         cur, mask, old, ref = self.chunk_scores(part, old_logp)
@@ -286,12 +296,7 @@ class PolicyStages:
                                  clamp=self.opd_cfg["kl_clamp"],
                                  logp_floor=self.opd_cfg["logp_floor"])
             teacher_kl = (old - t["logp"])[mask].mean().item()
-        loss, stats = policy_loss(cur["logp"], old, adv, mask, loss_type=cfg["loss_type"],
-                                  clip_low=cfg["clip_low"], clip_high=cfg["clip_high"],
-                                  dual_clip=cfg["dual_clip"], importance=cfg["importance"],
-                                  ref_logp=ref, kl_coef=float(cfg["kl_coef"]),
-                                  entropy=cur["entropy"])
-        stats = {k: float(v) for k, v in stats.items()}
+        loss, stats = self.clipped_loss(cur, old, adv, mask, ref)
         # the rollout's log-probs against the update's (verl's rollout_probs_diff): a mismatch
         # between generation and training numerics shows here
         behaviour = packed.padded(torch.tensor([x for lp in part.logprobs for x in lp],
