@@ -2,7 +2,13 @@
 
 - `agent_answer`: the final answer (the argument of `finish(...)`, or a plain last reply) scored
   as the world scores a reply: the option letter for multiple choice, temporal IoU against the
-  needle's span for "when", exact match for open questions; 0 without an answer;
+  needle's span for "when", exact match for open questions; 0 without an answer, and 0 for an
+  episode that did not finish (cut off by the token bounds mid-turn);
+- `agent_finish`: 1 when the episode finished (its last turn is a `finish(...)` call closed by
+  `</tool_call>`, or a plain reply closed by `<|im_end|>`), else 0. A format term: weighted above
+  `max_turns` x the turn cost, it keeps an episode that never calls a tool and never finishes
+  (which pays no turn cost) below every finished one; without it agentic RL learned to ramble
+  until cut off once its groups held no right answer;
 - `agent_turns`: minus the number of tool calls (with a small weight: a cost per turn).
 
 Both read the rollout's decoded completion, special tokens kept (`AgentModule.decode_text`).
@@ -10,7 +16,7 @@ Both read the rollout's decoded completion, special tokens kept (`AgentModule.de
 from __future__ import annotations
 
 from framelab.agent.loop import answer_of, split_call
-from framelab.datamodules.special_tokens import IM_START, TOOL_CALL_END
+from framelab.datamodules.special_tokens import IM_END, IM_START, TOOL_CALL, TOOL_CALL_END
 from framelab.evaluation.choice import extract_choice
 from framelab.evaluation.temporal import parse_span, temporal_iou
 from framelab.rl.rewards import accuracy_reward, register_reward
@@ -25,10 +31,27 @@ def final_answer(completion: str) -> str | None:
     return reasoning or None
 
 
+def finished(completion: str) -> bool:
+    """Whether an episode ended as an episode should: a closed `finish(...)` call, or a plain
+    reply closed by `<|im_end|>` (not cut off by the token bounds)."""
+    last = (completion or "").rsplit(f"{IM_START}assistant\n", 1)[-1].rstrip()
+    if TOOL_CALL in last:
+        _, call = split_call(last)
+        return last.endswith(TOOL_CALL_END) and answer_of(call) is not None
+    return last.endswith(IM_END)
+
+
 @register_reward("agent_answer")
 def agent_answer_reward(completion: str, meta: dict, *, length: int = 0) -> float:
     answer = final_answer(completion)
-    return 0.0 if answer is None else float(accuracy_reward(answer, meta))
+    if answer is None or not finished(completion):
+        return 0.0
+    return float(accuracy_reward(answer, meta))
+
+
+@register_reward("agent_finish")
+def agent_finish_reward(completion: str, meta: dict, *, length: int = 0) -> float:
+    return float(finished(completion))
 
 
 @register_reward("agent_turns")

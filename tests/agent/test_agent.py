@@ -7,7 +7,7 @@ import torch
 from framelab.agent.context import IGNORE, Context, Entry
 from framelab.agent.data import as_tensor, episode, expert_trajectory
 from framelab.agent.loop import AgentConfig, Trajectory, renderer_for, run_agent, start_context
-from framelab.agent.rewards import agent_answer_reward, final_answer
+from framelab.agent.rewards import agent_answer_reward, agent_finish_reward, final_answer, finished
 from framelab.agent.tools import Toolbox, ToolError, parse_call
 from framelab.datamodules.special_tokens import TOOL_CALL, TOOL_CALL_END, TOOL_RESPONSE, \
     TOOL_RESPONSE_END
@@ -144,6 +144,20 @@ def test_rl_rollout_masks_tool_results_and_the_forced_prefix(tok):
     text = tok.decode(comp, skip_special_tokens=False)
     assert final_answer(text) == "1.0-2.0"
     assert agent_answer_reward(text, {"format": "span", "spans": [[1.0, 2.0]]}) == 1.0
+    assert finished(text) and agent_finish_reward(text, {}) == 1.0
+
+
+def test_an_episode_cut_off_mid_turn_neither_finishes_nor_scores():
+    meta = {"format": "mcq", "answer": "B"}
+    head = f"{TOOL_CALL}search(red, 3){TOOL_CALL_END}<|im_end|>\n<|im_start|>assistant\n"
+    done = head + f"{TOOL_CALL}finish(B){TOOL_CALL_END}"
+    plain = "Answer: red B<|im_end|>"
+    for text, ok in ((done, True), (plain, True), (head + f"{TOOL_CALL}finish(B", False),
+                     (head + "B B B B B", False), ("Answer: red B", False),
+                     (head + f"{TOOL_CALL}zoom(1, 2){TOOL_CALL_END}", False)):
+        assert finished(text) is ok, text
+        assert agent_finish_reward(text, meta) == float(ok)
+        assert agent_answer_reward(text, meta) == float(ok), text
 
 
 def test_error_texts_hold_no_special_token(tok):
