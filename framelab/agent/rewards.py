@@ -5,11 +5,15 @@
   needle's span for "when", exact match for open questions; 0 without an answer, and 0 for an
   episode that did not finish (cut off by the token bounds mid-turn);
 - `agent_finish`: 1 when the episode finished (its last turn is a `finish(...)` call closed by
-  `</tool_call>`, or a plain reply closed by `<|im_end|>`), else 0. A format term: weighted above
-  `max_turns` x the turn cost, it keeps an episode that never calls a tool and never finishes
-  (which pays no turn cost) below every finished one; without it agentic RL learned to ramble
-  until cut off once its groups held no right answer;
-- `agent_turns`: minus the number of tool calls (with a small weight: a cost per turn).
+  `</tool_call>`, or a plain reply closed by `<|im_end|>`), else 0. A format term: it keeps an
+  episode cut off by the token bounds below every finished one. Without it (and with a turn cost
+  paid by every episode) an episode that rambled until cut off paid nothing and outscored
+  finished wrong ones, and agentic RL collapsed into rambling within 15 steps;
+- `agent_turns`: minus the number of tool calls times the answer's score (with a small weight: a
+  cost per turn, paid by episodes that answered right). A cost paid by every episode made RL drop
+  the tools: in groups whose accuracy is mostly noise, the cost is the one consistent signal, and
+  one seed went from 3.3 tool calls to 1 (no search) and lost half its accuracy. Charged on right
+  answers only, it ranks right episodes by their turns and never pays a wrong one for not looking.
 
 Both read the rollout's decoded completion, special tokens kept (`AgentModule.decode_text`).
 """
@@ -56,7 +60,8 @@ def agent_finish_reward(completion: str, meta: dict, *, length: int = 0) -> floa
 
 @register_reward("agent_turns")
 def agent_turns_reward(completion: str, meta: dict, *, length: int = 0) -> float:
-    return -float((completion or "").count(TOOL_CALL_END))
+    calls = (completion or "").count(TOOL_CALL_END)
+    return -float(calls) * agent_answer_reward(completion, meta)
 
 
 def score(answer: str | None, meta: dict) -> dict:

@@ -7,7 +7,8 @@ import torch
 from framelab.agent.context import IGNORE, Context, Entry
 from framelab.agent.data import as_tensor, episode, expert_trajectory
 from framelab.agent.loop import AgentConfig, Trajectory, renderer_for, run_agent, start_context
-from framelab.agent.rewards import agent_answer_reward, agent_finish_reward, final_answer, finished
+from framelab.agent.rewards import agent_answer_reward, agent_finish_reward, agent_turns_reward, \
+    final_answer, finished
 from framelab.agent.tools import Toolbox, ToolError, parse_call
 from framelab.datamodules.special_tokens import TOOL_CALL, TOOL_CALL_END, TOOL_RESPONSE, \
     TOOL_RESPONSE_END
@@ -158,6 +159,14 @@ def test_an_episode_cut_off_mid_turn_neither_finishes_nor_scores():
         assert finished(text) is ok, text
         assert agent_finish_reward(text, meta) == float(ok)
         assert agent_answer_reward(text, meta) == float(ok), text
+
+
+def test_the_turn_cost_is_paid_by_right_answers_only():
+    meta = {"format": "mcq", "answer": "B"}
+    head = f"{TOOL_CALL}search(red, 3){TOOL_CALL_END}<|im_end|>\n<|im_start|>assistant\n"
+    assert agent_turns_reward(head + f"{TOOL_CALL}finish(B){TOOL_CALL_END}", meta) == -2.0
+    assert agent_turns_reward(head + f"{TOOL_CALL}finish(C){TOOL_CALL_END}", meta) == 0.0
+    assert agent_turns_reward("Answer: red B<|im_end|>", meta) == 0.0
 
 
 def test_error_texts_hold_no_special_token(tok):
