@@ -15,7 +15,10 @@
   callback can switch `vision` -> `sft` within one run (`phases: [{step: 0, stage: vision}, ...]`)
   and the default trains both in one command; `experiment=vision_pretrain` runs the stage alone,
   and `init_from` with `init_parts=[vision, projector]` carries it into any other run.
-  With `perception_weight` w > 0, cpt and sft add w times the perception loss.
+  With `perception_weight` w > 0, cpt and sft add w times the perception loss. With
+  `grounding_weight` g > 0 they add g times the word-grounding loss
+  (`framelab.models.perception.grounding_loss`): the LM's hidden state at each object's vision
+  token predicts, through the LM's output head, that object's colour, shape and direction words.
 - stages `rl` (rule-based RL: GRPO / DAPO family) and `opd` (on-policy distillation), after SFT:
   `PolicyStages` (framelab/lightning_modules/policy.py, docs/rl.md), settings `module.rl` and
   `module.opd`; the prompts are the batch's questions, the rewards read their ground truth.
@@ -54,7 +57,9 @@ from framelab.lightning_modules.qwen3_vl import is_qwen3_vl, qwen3_vl_model, qwe
 from framelab.lightning_modules.video_qa import SHAPE_KEYS, VideoQASteps, world_model_spec
 from framelab.models.config import ModelConfig
 from framelab.models.multimodal import MultimodalLM
-from framelab.models.perception import PerceptionHeads, perception_loss
+from framelab.models.perception import PerceptionHeads, grounding_loss, perception_loss
+from framelab.models.vision import video_token_count
+from framelab.world.vocab import COLOUR_NAMES, DIRECTIONS, SHAPES
 
 STAGES = ("vision", "cpt", "sft") + POLICY_STAGES
 PARTS = ("vision", "projector", "lm")
@@ -65,7 +70,7 @@ class VideoLLMModule(VideoQASteps, PolicyStages, FramelabModule):
                  init_from: str | None = None, init_parts: list[str] | None = None,
                  evaluation: dict | None = None, loss_chunk_size: int = 4096,
                  prompt_loss_weight: float = 0.0, perception_weight: float = 0.0,
-                 perception_objects: bool = False,
+                 perception_objects: bool = False, grounding_weight: float = 0.0,
                  optim: dict | None = None, scheduler: dict | None = None,
                  rl: dict | None = None, opd: dict | None = None, vision: dict | None = None):
         """`vision` is read only from checkpoints written before the vision tower's config moved
@@ -89,6 +94,8 @@ class VideoLLMModule(VideoQASteps, PolicyStages, FramelabModule):
         self.prompt_loss_weight = float(prompt_loss_weight)
         self.perception_weight = float(perception_weight)
         self.perception_objects = bool(perception_objects)
+        self.grounding_weight = float(grounding_weight)
+        self.words: torch.Tensor | None = None   # (attribute, class) -> word id, for grounding
         self.perception: PerceptionHeads | None = None
         self.tokens: dict[str, int] = {}
         self.tokenizer = None
@@ -111,9 +118,12 @@ class VideoLLMModule(VideoQASteps, PolicyStages, FramelabModule):
         dm = self.current_datamodule()
         if getattr(dm, "perception_labels", False):  # the heads exist when their labels do
             self.perception = PerceptionHeads(self.config, self.perception_objects)
-        elif self.stage == "vision" or self.perception_weight > 0:
-            raise UserError("module.stage=vision and module.perception_weight need the ground-truth "
-                            "labels: set data.perception_labels=true (embedded world data)")
+        elif self.stage == "vision" or self.perception_weight > 0 or self.grounding_weight > 0:
+            raise UserError("module.stage=vision, module.perception_weight and "
+                            "module.grounding_weight need the ground-truth labels: set "
+                            "data.perception_labels=true (embedded world data)")
+        if self.grounding_weight > 0:
+            self.words = attribute_words(self.tokenizer)
         if not is_qwen3_vl(spec["config"]):
             return MultimodalLM(self.config, self.tokens[VIDEO_PAD])
         return qwen3_vl_model(self.config, self.tokens)
@@ -175,7 +185,11 @@ class VideoLLMModule(VideoQASteps, PolicyStages, FramelabModule):
             if data_parallel():  # the LM is not run: DDP still waits for its (zero) gradient
                 loss = loss + 0.0 * sum(p.sum() for p in self.model.lm.parameters() if p.requires_grad)
             return loss, sum(int(v.shape[0]) for v in batch.get("videos") or [])
-        loss, n, _ = self.loss_and_hidden(batch)
+        loss, n, hidden = self.loss_and_hidden(batch)
+        if self.words is not None and self.training and batch.get("videos"):
+            grounding = self.grounding_terms(batch, hidden)
+            if grounding is not None:
+                loss = loss + self.grounding_weight * grounding
         if self.perception is not None and self.training:
             if self.perception_weight > 0:
                 loss = loss + self.perception_weight * self.perception_terms(batch)[0]
@@ -190,6 +204,18 @@ class VideoLLMModule(VideoQASteps, PolicyStages, FramelabModule):
         for name, value in terms.items():
             self.log(f"train/perception/{name}", value)
         return loss, terms
+
+    def grounding_terms(self, batch, hidden) -> torch.Tensor | None:
+        """The word-grounding loss of a batch (None when no video of it is labelled), logged."""
+        videos = batch["videos"]
+        counts = [video_token_count(v.shape[0], v.shape[2], v.shape[3], self.config.vision)
+                  for v in videos]
+        loss = grounding_loss(hidden, batch["input_ids"], self.tokens[VIDEO_PAD], counts,
+                              batch.get("vision_labels") or [None] * len(videos),
+                              self.words.to(hidden.device), self.model.lm.output_weight)
+        if loss is not None:
+            self.log("train/grounding", loss.detach())
+        return loss
 
     def loss_and_hidden(self, batch):
         """(loss, loss tokens, hidden states) of a batch."""
@@ -230,3 +256,18 @@ class VideoLLMModule(VideoQASteps, PolicyStages, FramelabModule):
         if self.stage in POLICY_STAGES:
             return self.policy_training_step(batch, batch_idx)
         return super().training_step(batch, batch_idx)
+
+
+def attribute_words(tokenizer) -> torch.Tensor:
+    """(3, 9) token ids of the words that name perception label ids (colour, shape, direction;
+    datamodules.perception_labels), -1 for background and "not clearly moving"; one line when the
+    tokenizer splits a word (the grounding loss predicts one token per word)."""
+    table = torch.full((3, 9), -1, dtype=torch.long)
+    for row, names in enumerate((COLOUR_NAMES, SHAPES, DIRECTIONS)):
+        for j, name in enumerate(names):
+            ids = tokenizer.encode(" " + name, add_special_tokens=False).ids
+            if len(ids) != 1:
+                raise UserError(f"module.grounding_weight: the tokenizer splits {name!r} into "
+                                f"{len(ids)} tokens; grounding needs one token per attribute word")
+            table[row, j] = ids[0]
+    return table

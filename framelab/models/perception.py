@@ -10,6 +10,10 @@ linear heads read colour, shape and motion direction (or background) from
 and the number of objects from the mean of a clip's projector tokens. Colour has a background
 class and is trained on every token; shape and direction are trained on object tokens only, so
 the many background tokens do not drown them.
+
+`grounding_loss` is the other half, for the video-LLM stages: the LM's own hidden states at the
+vision tokens name their object's words through the LM's output head, so that a question's words
+and the tokens of the object it names meet in the LM's word space.
 """
 from __future__ import annotations
 
@@ -89,3 +93,32 @@ def perception_loss(vision: nn.Module, projector: nn.Module, heads: PerceptionHe
         terms[f"{name}_object_shape"] = _object_shape_loss(heads.object_shape[name],
                                                            torch.cat(feats), lab, video)
     return sum(terms.values()), {k: float(v.detach()) for k, v in terms.items()}
+
+
+def grounding_loss(hidden: torch.Tensor, input_ids: torch.Tensor, video_id: int,
+                   counts: list[int], labels: list[dict | None], words: torch.Tensor,
+                   output_weight: torch.Tensor) -> torch.Tensor | None:
+    """Word grounding of the LM's vision tokens: at every object token the LM's last hidden state
+    predicts, through the LM's own output head, the words of that object's colour, shape and
+    motion direction (" red", " circle", " left"), a cross-entropy over the whole vocabulary per
+    word, averaged over the words. Background tokens, unlabelled videos and "not clearly moving"
+    directions carry none. `counts` are the videos' vision token counts in placeholder order,
+    `words` the (attribute, class) -> token id table (-1: no word). None when nothing is labelled.
+    """
+    slots = (input_ids == video_id).nonzero()            # row-major: the videos' order
+    feats, targets, start = [], [], 0
+    for n, lab in zip(counts, labels):
+        if lab is not None:
+            tok = torch.as_tensor(lab["tokens"], device=hidden.device)
+            keep = tok[:, 0] != ATTRIBUTES["colour"] - 1
+            where = slots[start:start + n][keep]
+            feats.append(hidden[where[:, 0], where[:, 1]])
+            targets.append(torch.stack([words[j][tok[keep, j]] for j in range(3)], dim=1))
+        start += n
+    if not feats or not sum(len(f) for f in feats):
+        return None
+    feats, targets = torch.cat(feats), torch.cat(targets)
+    logp = torch.log_softmax((feats @ output_weight.t()).float(), dim=-1)
+    valid = targets >= 0
+    picked = logp.gather(1, targets.clamp(min=0))
+    return -(picked * valid).sum() / valid.sum().clamp(min=1)

@@ -7,7 +7,7 @@ from framelab.datamodules.perception_labels import (BACKGROUND_COLOUR, BACKGROUN
                                                     patch_order, token_labels)
 from framelab.models.config import preset
 from framelab.models.multimodal import MultimodalLM
-from framelab.models.perception import PerceptionHeads, perception_loss
+from framelab.models.perception import PerceptionHeads, grounding_loss, perception_loss
 from framelab.world.vocab import COLOUR_NAMES, DIRECTIONS, SHAPES
 
 
@@ -88,3 +88,28 @@ def test_the_perception_loss_trains_tower_and_projector_and_skips_unlabelled_vid
     assert {"tower_object_shape", "merged_object_shape"} <= set(terms)
     zero, none = perception_loss(model.vision, model.projector, heads, videos, [None, None])
     assert float(zero.detach()) == 0.0 and none == {}
+
+
+def test_grounding_loss_names_each_object_tokens_words_and_skips_the_rest():
+    """Against a hand-written reference: video 1 of 2 is labelled; its object tokens predict their
+    colour, shape and (moving only) direction words through the output head; background tokens,
+    the unlabelled video and text positions get no gradient."""
+    torch.manual_seed(0)
+    vid, vocab, width = 99, 100, 8
+    ids = torch.tensor([[1, vid, vid, 2, vid, vid, vid, 3]])          # video 0: 2 slots, 1: 3
+    hidden = torch.randn(1, 8, width, requires_grad=True)
+    out = torch.randn(vocab, width)
+    words = torch.full((3, 9), -1, dtype=torch.long)
+    words[0, :8], words[1, :6], words[2, :4] = torch.arange(10, 18), torch.arange(20, 26), \
+        torch.arange(30, 34)
+    tok = np.array([[0, 0, 1],                                         # red circle, right
+                    [BACKGROUND_COLOUR, BACKGROUND_SHAPE, BACKGROUND_DIRECTION],
+                    [2, 5, STILL]])                                    # green ring, not moving
+    loss = grounding_loss(hidden, ids, vid, [2, 3], [None, {"tokens": tok}], words, out)
+    logp = torch.log_softmax(hidden[0].detach() @ out.t(), -1)
+    expected = -(logp[4, 10] + logp[4, 20] + logp[4, 31] + logp[6, 12] + logp[6, 25]) / 5
+    assert torch.allclose(loss, expected, atol=1e-5)
+    loss.backward()
+    touched = hidden.grad[0].abs().sum(-1) > 0
+    assert touched.tolist() == [False, False, False, False, True, False, True, False]
+    assert grounding_loss(hidden, ids, vid, [2, 3], [None, None], words, out) is None
