@@ -12,9 +12,11 @@ A call is written between `<tool_call>` and `</tool_call>` as `name(arg, arg, ke
     tower attends within a frame pair, so the chunks change nothing);
   - novelty: how far the clip's cells lie from the same cells' median over the whole video (the
     L2 distance, summed over cells, averaged over the clip's frame pairs, divided by the largest
-    clip's), i.e. "something here is not what this video usually shows" (what a needle is).
-    `features="pixels"` computes it on the cells' raw pixels instead of the tower's tokens: a
-    diagnostic that separates what the tower perceives from what the policy does with it;
+    clip's), i.e. "something here is not what this video usually shows" (what a needle is). The
+    cells are the tower's own patch tokens (before the projector's merge), each channel
+    standardised over the video, so no few large channels drown the rest.
+    `features="pixels"` computes it on the merged cells' raw pixels instead: a diagnostic that
+    separates what the tower perceives from what the policy does with it;
   - relevance: the largest cosine similarity of the clip's tokens to the query's embedding. The
     query is embedded with the LM's own input-embedding table (mean over its tokens): the space
     the projector maps vision tokens into. Nothing trains text and vision tokens to align in that
@@ -165,10 +167,11 @@ class VideoIndex:
         frames = frames[:n]
         steps = n // tp
         dtype = next(model.parameters()).dtype
-        feats = []
+        towers, feats = [], []
         for lo in range(0, n, chunk):
             clip = frames[lo:lo + chunk].to(dtype)
             for t in model.vision([clip]):
+                towers.append(t)
                 feats.append(model.projector(t))
         x = torch.cat(feats).float().reshape(steps, -1, feats[0].shape[-1])
         if features == "pixels":        # the same cells, as raw pixels (a diagnostic)
@@ -176,8 +179,10 @@ class VideoIndex:
             h, w = frames.shape[2] // cell, frames.shape[3] // cell
             cells = frames.float().reshape(steps, tp, 3, h, cell, w, cell)
             cells = cells.permute(0, 3, 5, 1, 2, 4, 6).reshape(steps, h * w, -1)
-        else:
-            cells = x
+        else:                           # the tower's patch tokens, each channel standardised
+            t = torch.cat(towers).float().reshape(steps, -1, towers[0].shape[-1])
+            mean = t.mean(dim=(0, 1), keepdim=True)
+            cells = (t - mean) / t.std(dim=(0, 1), keepdim=True, correction=0).clamp(min=1e-6)
         window = max(1, round(steps / 16))
         stride = max(1, window // 2)
         starts = list(range(0, max(steps - window, 0) + 1, stride))
