@@ -24,16 +24,15 @@ from framelab.errors import UserError
 LETTERS = "ABCD"
 
 
-def conversations(split: str, samples: int, start: int = 0):
+def conversations(split: str, samples: int):
     """(qtype, messages up to the question, answer text, letter) per question of `read` samples,
     with the rationale reply format, in both variants (with and without the description)."""
     from framelab.world.tasks import read
 
-    for index in range(start, start + samples):
+    for index in range(samples):
         sample = read.make(split, index, {"mcq_reply": "rationale"}, render_frames=False)
         conv, turns = sample.conversation, sample.meta["turns"]
-        first = conv[0]["content"]
-        description, _, rest = first.partition("\n")
+        rest = conv[0]["content"].partition("\n")[2]      # the first turn without its description
         for t, turn in enumerate(turns):
             if turn.get("format") != "mcq":
                 continue
@@ -45,7 +44,8 @@ def conversations(split: str, samples: int, start: int = 0):
 
 
 @torch.no_grad()
-def measure(model, tok, split: str, samples: int) -> dict:
+def measure(model, tok, split: str, samples: int) -> tuple[dict, dict]:
+    """({variant: {qtype: rate}}, {qtype: questions}): the right letter's share given the name."""
     from framelab.datamodules.chat import ChatEncoder
 
     encoder = ChatEncoder(tok)
