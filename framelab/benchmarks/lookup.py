@@ -20,8 +20,7 @@ import torch
 
 from framelab.benchmarks._common import machine, print_table, write_json
 from framelab.errors import UserError
-
-LETTERS = "ABCD"
+from framelab.world.tasks.common import LETTERS
 
 
 def conversations(split: str, samples: int):
