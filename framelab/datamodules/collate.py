@@ -50,7 +50,7 @@ def batch_size_plan(batch_size: int):
 def _common(items: list) -> dict:
     out = {"sample_ids": [it["_key"] for it in items], "meta": [it["meta"] for it in items],
            "videos": [it["video"] for it in items if it["video"] is not None]}  # None: text-only
-    if items and "vision_labels" in items[0]:
+    if any("vision_labels" in it for it in items):   # a row may start with a text-only item
         out["vision_labels"] = [it.get("vision_labels") for it in items if it["video"] is not None]
     return out
 

@@ -103,6 +103,16 @@ def test_text_only_samples_pack_beside_videos(cache):
     assert tasks.count("read") == 16 and tasks.count("describe") == 16
 
 
+def test_a_row_that_starts_with_a_text_only_sample_keeps_its_videos_labels():
+    from framelab.datamodules.collate import collate_packed
+    text = {"_key": "read", "meta": {}, "video": None, "input_ids": [1, 2], "labels": [-100, 2]}
+    clip = {"_key": "describe", "meta": {}, "video": torch.zeros(2, 3, 8, 8), "input_ids": [3],
+            "labels": [3], "vision_labels": {"count": 1}}
+    batch = collate_packed([text, clip], pad_id=0)
+    assert batch["vision_labels"] == [{"count": 1}]
+    assert "vision_labels" not in collate_packed([text], pad_id=0)
+
+
 def test_padded_batches_and_frame_budget_change(cache):
     dm = make_dm(cache, pack=False, batch_size=3, max_tokens=0)
     it = iter(dm.train_dataloader())
