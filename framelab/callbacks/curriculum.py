@@ -14,6 +14,9 @@ absent key keeps the previous phase's value.
   setter a phase asks for is a one-line error.
 - `stage` -> `pl_module.set_stage(stage)` when the phase is entered (VideoLLMModule: e.g. the
   vision stage, then sft, in one run).
+- `freeze` -> `pl_module.set_frozen(parts)` when the phase is entered: the listed parts (e.g.
+  `[vision]`) stop learning from then on, the others (except those `module.freeze` names) learn
+  (FramelabModule; e.g. the tower trained by the vision stage, then frozen for SFT).
 - `rope_theta` -> `pl_module.set_rope_theta(theta)` (FramelabModule: its model's LM), at the end
   of the step before the phase (InternVideo3 does not publish a per-phase RoPE base; it is an
   option here, off unless given).
@@ -30,7 +33,7 @@ from lightning.pytorch.callbacks import Callback
 
 from framelab.errors import UserError
 
-KEYS = ("max_frames", "max_tokens", "rope_theta", "stage")
+KEYS = ("max_frames", "max_tokens", "rope_theta", "stage", "freeze")
 
 
 class ShortToLongCurriculum(Callback):
@@ -49,6 +52,10 @@ class ShortToLongCurriculum(Callback):
                 raise UserError(f"callbacks.curriculum.phases[{i}].step={step}: steps must start at 0 "
                                 "and increase")
             last = step
+            if p.get("freeze") is not None:
+                if isinstance(p["freeze"], str):
+                    p["freeze"] = [p["freeze"]]
+                p["freeze"] = [str(part) for part in p["freeze"]]
             cleaned.append(p)
         # fill absent keys from the previous phase, so every phase says what is in force
         state: dict = {k: None for k in KEYS}
@@ -91,6 +98,11 @@ class ShortToLongCurriculum(Callback):
                 raise UserError(f"curriculum phase {index} sets stage but {type(pl_module).__name__} "
                                 "has no stages; drop stage from the phases")
             pl_module.set_stage(str(phase["stage"]))
+        if phase["freeze"] is not None:
+            if not hasattr(pl_module, "set_frozen"):
+                raise UserError(f"curriculum phase {index} sets freeze but {type(pl_module).__name__} "
+                                "cannot freeze parts; drop freeze from the phases")
+            pl_module.set_frozen(list(phase["freeze"]))
         if phase["rope_theta"] is not None:
             if not hasattr(pl_module, "set_rope_theta"):
                 raise UserError(f"curriculum phase {index} sets rope_theta but "
@@ -122,7 +134,7 @@ class ShortToLongCurriculum(Callback):
         phase = self.phases[self.current]
         pl_module.log("curriculum/phase", float(self.current))
         for key in KEYS:
-            if phase[key] is not None and key != "stage":
+            if phase[key] is not None and key not in ("stage", "freeze"):
                 pl_module.log(f"curriculum/{key}", float(phase[key]))
 
     def state_dict(self) -> dict:

@@ -104,6 +104,7 @@ class FramelabModule(L.LightningModule):
         super().__init__()
         self.init_from, self.init_parts = init_from, list(init_parts) if init_parts else None
         self.freeze = {k: bool(v) for k, v in (freeze or {}).items()}
+        self.phase_frozen: set[str] = set()     # parts a curriculum phase froze (set_frozen)
         self.model: nn.Module | None = None
         self.model_spec: dict | None = None
         self._attached = None
@@ -200,6 +201,29 @@ class FramelabModule(L.LightningModule):
                             f"{'; ' + ', '.join(differ) if differ else ''}; checkpoint vs config); "
                             "give a checkpoint of the same experiment and model")
 
+    def set_frozen(self, parts: list[str]) -> None:
+        """Freeze `parts` of the model from now on and let the others learn (the curriculum's
+        `freeze` key); parts that `module.freeze` names stay frozen. One process: the frozen
+        parts stop taking gradients (their backward is skipped). Several: they keep them, since
+        DDP waits for every parameter it was built with, and the gradients are dropped before
+        each optimizer step. Either way the optimizer leaves them alone (no step, no decay)."""
+        names = [n for n, _ in self.model.named_children()]
+        unknown = sorted(set(parts) - set(names))
+        if unknown:
+            raise UserError(f"curriculum freeze: unknown parts {unknown}; valid: {', '.join(names)}")
+        self.phase_frozen = set(parts)
+        if self.trainer_world_size() > 1:
+            return
+        for name in names:
+            if not self.freeze.get(name):
+                getattr(self.model, name).requires_grad_(name not in self.phase_frozen)
+
+    def trainer_world_size(self) -> int:
+        try:
+            return int(self.trainer.world_size)
+        except RuntimeError:          # not attached to a trainer
+            return 1
+
     def set_rope_theta(self, theta: float) -> None:
         """Change the rotary base of the model's LM (the short-to-long curriculum's option)."""
         lm = getattr(self.model, "lm", self.model)
@@ -223,6 +247,9 @@ class FramelabModule(L.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer):
+        for name in self.phase_frozen:          # a curriculum's frozen parts: no step at all
+            for p in getattr(self.model, name).parameters():
+                p.grad = None
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float())

@@ -15,6 +15,9 @@
   callback can switch `vision` -> `sft` within one run (`phases: [{step: 0, stage: vision}, ...]`)
   and the default trains both in one command; `experiment=vision_pretrain` runs the stage alone,
   and `init_from` with `init_parts=[vision, projector]` carries it into any other run.
+  With `vision_text_tokens` n > 0 the idle LM is not idle: it also learns (reply loss) from the
+  row's text-only documents, up to n tokens a step -- e.g. the `choose` lookup drill and `read`
+  questions, which teach it to find an option's letter before SFT asks it to perceive too.
   With `perception_weight` w > 0, cpt and sft add w times the perception loss. With
   `grounding_weight` g > 0 they add g times the word-grounding loss
   (`framelab.models.perception.grounding_loss`): the LM's hidden state at each object's vision
@@ -71,7 +74,7 @@ class VideoLLMModule(VideoQASteps, PolicyStages, FramelabModule):
                  evaluation: dict | None = None, loss_chunk_size: int = 4096,
                  prompt_loss_weight: float = 0.0, perception_weight: float = 0.0,
                  perception_objects: bool = False, grounding_weight: float = 0.0,
-                 optim: dict | None = None, scheduler: dict | None = None,
+                 vision_text_tokens: int = 0, optim: dict | None = None, scheduler: dict | None = None,
                  rl: dict | None = None, opd: dict | None = None, vision: dict | None = None):
         """`vision` is read only from checkpoints written before the vision tower's config moved
         under `model.vision`; new configs set `model.vision`."""
@@ -95,6 +98,10 @@ class VideoLLMModule(VideoQASteps, PolicyStages, FramelabModule):
         self.perception_weight = float(perception_weight)
         self.perception_objects = bool(perception_objects)
         self.grounding_weight = float(grounding_weight)
+        if int(vision_text_tokens) < 0:
+            raise UserError(f"module.vision_text_tokens={vision_text_tokens}: expected >= 0 (text "
+                            "tokens per step the LM trains on in the vision stage; 0: none)")
+        self.vision_text_tokens = int(vision_text_tokens)
         self.words: torch.Tensor | None = None   # (attribute, class) -> word id, for grounding
         self.perception: PerceptionHeads | None = None
         self.tokens: dict[str, int] = {}
@@ -182,9 +189,15 @@ class VideoLLMModule(VideoQASteps, PolicyStages, FramelabModule):
     def compute_loss(self, batch):
         if self.stage == "vision":
             loss, _ = self.perception_terms(batch)
+            frames = sum(int(v.shape[0]) for v in batch.get("videos") or [])
+            text = text_documents(batch, self.tokens[VIDEO_PAD], self.vision_text_tokens)
+            if text is not None and self.training:   # the idle LM learns from the text-only docs
+                text_loss, _, _ = self.loss_and_hidden(text)
+                self.log("train/vision_text_loss", text_loss.detach())
+                return loss + text_loss, frames
             if data_parallel():  # the LM is not run: DDP still waits for its (zero) gradient
                 loss = loss + 0.0 * sum(p.sum() for p in self.model.lm.parameters() if p.requires_grad)
-            return loss, sum(int(v.shape[0]) for v in batch.get("videos") or [])
+            return loss, frames
         loss, n, hidden = self.loss_and_hidden(batch)
         if self.words is not None and self.training and batch.get("videos"):
             grounding = self.grounding_terms(batch, hidden)
@@ -256,6 +269,32 @@ class VideoLLMModule(VideoQASteps, PolicyStages, FramelabModule):
         if self.stage in POLICY_STAGES:
             return self.policy_training_step(batch, batch_idx)
         return super().training_step(batch, batch_idx)
+
+
+def text_documents(batch, video_id: int, max_tokens: int) -> dict | None:
+    """The text-only documents of a packed row (no video placeholder), whole and in order, as a
+    packed row of their own of at most `max_tokens` tokens; None when there are none (or
+    max_tokens is 0). Documents that do not fit are left out, the rest still taken."""
+    cu = batch.get("cu_seqlens")
+    if max_tokens <= 0 or cu is None:
+        return None
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    bounds = cu.tolist()
+    keep, total = [], 0
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        length = end - start
+        doc = ids[start:end]
+        if total + length > max_tokens or bool((doc == video_id).any()) or \
+                bool((labels[start:end] == -100).all()):
+            continue
+        keep.append((start, end))
+        total += length
+    if not keep:
+        return None
+    lengths = torch.tensor([0] + [e - s for s, e in keep])
+    return {"input_ids": torch.cat([ids[s:e] for s, e in keep])[None],
+            "labels": torch.cat([labels[s:e] for s, e in keep])[None],
+            "cu_seqlens": torch.cumsum(lengths, 0).to(cu.dtype).to(cu.device)}
 
 
 def attribute_words(tokenizer) -> torch.Tensor:

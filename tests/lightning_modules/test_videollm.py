@@ -141,10 +141,10 @@ def datamodule(cache, num_workers=0):
                                num_workers=num_workers)
 
 
-def fit(tmp_path, cache, steps, ckpt_path=None, num_workers=0, **mod):
+def fit(tmp_path, cache, steps, ckpt_path=None, num_workers=0, phases=None, **mod):
     probe = Probe()
-    phases = [{"step": 0, "max_frames": 4, "max_tokens": 200},
-              {"step": 3, "max_frames": 16, "max_tokens": 400, "rope_theta": 1.0e5}]
+    phases = phases or [{"step": 0, "max_frames": 4, "max_tokens": 200},
+                        {"step": 3, "max_frames": 16, "max_tokens": 400, "rope_theta": 1.0e5}]
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1,
                            filename="s{step}", auto_insert_metric_name=False)
     trainer = L.Trainer(max_steps=steps, logger=False, enable_progress_bar=False,
@@ -179,6 +179,42 @@ def test_curriculum_changes_budget_mid_run_and_resumes_exactly(tmp_path, cache):
         assert resumed.tokens[s] == full.tokens[s], s
         assert resumed.frames[s] == full.frames[s], s
     assert {s: full.theta[s] for s in (3, 4, 5)} == {s: resumed.theta[s] for s in (3, 4, 5)}
+
+
+def test_a_curriculum_freeze_stops_a_part_from_its_phase_on_and_holds_on_resume(tmp_path, cache):
+    phases = [{"step": 0, "max_frames": 4, "max_tokens": 200},
+              {"step": 3, "freeze": ["vision"]}]
+    fit(tmp_path / "a", cache, 6, phases=phases)
+    state = {s: torch.load(tmp_path / f"a/ckpt/s{s}.ckpt", weights_only=True)["state_dict"]
+             for s in (2, 4, 6)}
+    part = lambda sd, name: {k: v for k, v in sd.items() if k.startswith(f"model.{name}.")}  # noqa: E731
+    changed = lambda a, b: any(not torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    assert changed(part(state[2], "vision"), part(state[4], "vision"))     # step 2 still trains it
+    assert not changed(part(state[4], "vision"), part(state[6], "vision"))  # frozen from step 3
+    assert changed(part(state[4], "lm"), part(state[6], "lm"))
+    # resumed inside the frozen phase: the part stays frozen, the rest goes on exactly
+    fit(tmp_path / "b", cache, 6, phases=phases, ckpt_path=str(tmp_path / "a/ckpt/s4.ckpt"))
+    resumed = torch.load(tmp_path / "b/ckpt/s6.ckpt", weights_only=True)["state_dict"]
+    assert not changed(part(state[4], "vision"), part(resumed, "vision"))
+    assert not changed(part(state[6], "lm"), part(resumed, "lm"))
+    with pytest.raises(UserError, match="unknown parts"):
+        built().set_frozen(["tower"])
+
+
+def test_text_documents_takes_the_whole_text_only_documents_that_fit():
+    from framelab.lightning_modules.videollm import text_documents
+    v = 500
+    docs = [[1, v, v, 7, 8], [1, 3, 4], [1, 5, 6, 9], [1, 2]]      # video, text, text, text
+    labels = [[-100, -100, -100, -100, 8], [-100, -100, 4], [-100, 6, 9, -100], [-100, -100]]
+    cu = torch.tensor([0, 5, 8, 12, 14], dtype=torch.int32)
+    batch = {"input_ids": torch.tensor([sum(docs, [])]), "labels": torch.tensor([sum(labels, [])]),
+             "cu_seqlens": cu}
+    text = text_documents(batch, v, 7)     # doc 3 has no label: nothing to learn
+    assert text["input_ids"].tolist() == [[1, 3, 4, 1, 5, 6, 9]]
+    assert text["labels"].tolist() == [[-100, -100, 4, -100, 6, 9, -100]]
+    assert text["cu_seqlens"].tolist() == [0, 3, 7]
+    assert text_documents(batch, v, 4)["cu_seqlens"].tolist() == [0, 3]    # doc 2 does not fit
+    assert text_documents(batch, v, 2) is None and text_documents(batch, v, 0) is None
 
 
 def test_set_max_tokens_changes_the_packed_row_budget(cache):

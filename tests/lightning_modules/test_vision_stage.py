@@ -48,3 +48,20 @@ def test_init_from_takes_the_tower_and_projector_and_freezing_keeps_them(pretrai
     assert towers and all(torch.equal(before[k], after[k]) for k in towers)
     lm = [k for k in before if k.startswith("model.lm.")]
     assert any(not torch.equal(before[k], after[k]) for k in lm)  # the LM was trained (and not taken)
+
+
+@pytest.mark.slow
+def test_the_vision_stage_trains_the_idle_lm_on_text_only_documents_when_asked(pretrained):
+    root, _ = pretrained
+    parts = {}
+    for tokens in (0, 512):
+        run = root / f"text{tokens}"
+        assert main(["fit", "experiment=vision_pretrain", "trainer.max_steps=2", "seed=3",
+                     f"module.vision_text_tokens={tokens}", f"paths.cache_dir={root / 'cache'}",
+                     f"hydra.run.dir={run}", *SMALL_DATA, "data.tasks=[describe,choose]"]) == 0
+        state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        parts[tokens] = {name: {k: v for k, v in state.items() if k.startswith(f"model.{name}.")}
+                         for name in ("vision", "lm")}
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    assert same(parts[0]["vision"], parts[512]["vision"])   # the text loss leaves the tower alone
+    assert not same(parts[0]["lm"], parts[512]["lm"])       # and trains the LM
