@@ -4,7 +4,9 @@
    one GQA and one M²LA. KV-cache bytes per token per layer, and greedy decode tokens/s with a
    cache already holding 1K, 4K and 16K tokens (the cache is filled with random state of the right
    shape: prefilling 16K tokens on a CPU would dominate the run, and decode cost does not depend on
-   the values). JSON: `kv_bytes_ratio` = GQA bytes / M²LA bytes, `decode` rows with `speedup`.
+   the values). `--size qwen3-8b` (or qwen3-0.6b, qwen3-1.7b) times decoders of a Qwen3 preset's
+   shape with InternVideo3's M²LA cache (GPU-sized). JSON: `kv_bytes_ratio` = GQA bytes / M²LA
+   bytes, `decode` rows with `speedup`.
 2. Accuracy vs rank (with --ckpt, a trained video-LLM GQA checkpoint of experiment=videollm_sft):
    `framelab validate` of the GQA model; of M²LA converted at each rank R (right after
    `framelab convert mla`); and after `--recover-steps` of `framelab fit ... init_from=` recovery
@@ -30,13 +32,24 @@ from framelab.models import DecoderLM, preset
 CONTEXTS = (1024, 4096, 16384)
 
 
-def bench_models(device: str):
-    shape = dict(vocab_size=4096, hidden=512, layers=4, heads=8, kv_heads=4, head_dim=64,
-                 intermediate=1536, mrope_section=(8, 12, 12))
-    gqa = DecoderLM(preset("tiny", **shape)).to(device).eval()
-    # cache: GQA 2 * 4 * 64 = 512 values; M²LA 224 latent + 4 groups x 8 rotary dims = 256
-    mla = DecoderLM(preset("tiny", attention="mla", kv_lora_rank=224, qk_rope_dim=8, **shape))
-    return gqa, mla.to(device).eval()
+SIZES = ("small", "qwen3-0.6b", "qwen3-1.7b", "qwen3-8b")
+
+
+def bench_models(device: str, size: str = "small", dtype: torch.dtype = torch.float32):
+    """GQA and M²LA decoders of one size, random weights. `small` (the default): 512 wide, 4
+    layers; its cache is GQA 2 x 4 x 64 = 512 values a token, M²LA 224 latent + 4 groups x 8
+    rotary dims = 256. A Qwen3 size: the preset's shape, M²LA as in InternVideo3 (a 896-wide
+    latent + 8 groups x 16 rotary dims = 1024 values, against GQA's 2 x 8 x 128 = 2048)."""
+    if size == "small":
+        name, shape = "tiny", dict(vocab_size=4096, hidden=512, layers=4, heads=8, kv_heads=4,
+                                   head_dim=64, intermediate=1536, mrope_section=(8, 12, 12))
+        latent = dict(kv_lora_rank=224, qk_rope_dim=8)
+    else:
+        name, shape, latent = size, {}, dict(kv_lora_rank=896, qk_rope_dim=16)
+    with torch.device(device):
+        gqa = DecoderLM(preset(name, **shape)).to(dtype).eval()
+        mla = DecoderLM(preset(name, attention="mla", **latent, **shape)).to(dtype).eval()
+    return gqa, mla
 
 
 def filled_cache(model: DecoderLM, batch: int, context: int, device: str):
@@ -45,7 +58,8 @@ def filled_cache(model: DecoderLM, batch: int, context: int, device: str):
     model(torch.zeros(batch, 1, dtype=torch.long, device=device), cache=probe)
     cache = model.new_cache(context + 64)
     for layer, store in enumerate(probe._store):
-        cache.update(layer, *[torch.randn(batch, context, *t.shape[2:], device=device) * 0.1
+        cache.update(layer, *[torch.randn(batch, context, *t.shape[2:], device=device,
+                                          dtype=t.dtype) * 0.1
                               for t in (s[:, :1] for s in store)])
     cache.advance(context)
     return cache, probe.bytes_per_token() // len(model.layers)
@@ -65,12 +79,15 @@ def decode_rate(model: DecoderLM, batch: int, context: int, steps: int, device: 
     return batch * steps / seconds, per_layer
 
 
-def speed_table(contexts, batch: int, steps: int, device: str) -> dict:
-    gqa, mla = bench_models(device)
+def speed_table(contexts, batch: int, steps: int, device: str, size: str = "small",
+                dtype: torch.dtype = torch.float32) -> dict:
+    gqa, mla = bench_models(device, size, dtype)
     rows = []
     for ctx in contexts:
         g_rate, g_bytes = decode_rate(gqa, batch, ctx, steps, device)
         m_rate, m_bytes = decode_rate(mla, batch, ctx, steps, device)
+        if device == "cuda":
+            torch.cuda.empty_cache()
         rows.append({"context": ctx, "gqa_tok_s": round(g_rate, 1), "mla_tok_s": round(m_rate, 1),
                      "speedup": round(m_rate / g_rate, 3),
                      "gqa_cache_mib": round(g_bytes * len(gqa.layers) * ctx * batch / 2**20, 4),
@@ -150,6 +167,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--contexts", type=int, nargs="+", default=list(CONTEXTS))
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=8, help="decode steps timed per measurement")
+    p.add_argument("--size", default="small", choices=SIZES,
+                   help="the decoders' shape: small (512 wide, 4 layers) or a Qwen3 preset's")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="weights and cache (default: bfloat16 on a GPU, float32 on a CPU)")
     p.add_argument("--ckpt", default=None, help="trained GQA videollm checkpoint: accuracy table")
     p.add_argument("--ranks", type=int, nargs="+", default=[48, 32, 16])
     p.add_argument("--rope-dims", type=int, default=2)
@@ -166,7 +187,9 @@ def main(argv: list[str]) -> int:
             raise UserError(f"--ckpt {args.ckpt}: a {spec['module']} checkpoint; give a video-LLM "
                             "checkpoint (experiment=videollm_sft)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = {"machine": machine(), **speed_table(args.contexts, args.batch, args.steps, device)}
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
+    result = {"machine": machine(), "size": args.size, "dtype": str(dtype).split(".")[-1],
+              **speed_table(args.contexts, args.batch, args.steps, device, args.size, dtype)}
     print(f"KV cache per token per layer: GQA {result['gqa_bytes_per_token_per_layer']} B, "
           f"M²LA {result['mla_bytes_per_token_per_layer']} B -> kv_bytes_ratio "
           f"{result['kv_bytes_ratio']} ({result['machine']})")
