@@ -14,7 +14,9 @@ evaluation, prediction and prompts through `framelab.evaluation.VideoQAEvaluator
 
 `world_model_spec(model_cfg, dm, init_spec, names)` is the spec of a framelab-flavour
 `MultimodalLM` for a video-text datamodule: the data's vocabulary and patch size, M²LA shape keys
-left null taken from the `init_from` checkpoint, and the token ids `names`.
+and vision-tower keys (`model.vision.*`, e.g. the stem) left null taken from the `init_from`
+checkpoint -- so a run started from the default run's checkpoint builds the tower it trained --
+and the token ids `names`.
 """
 from __future__ import annotations
 
@@ -35,6 +37,10 @@ def world_model_spec(model_cfg: dict, dm, init_spec: dict | None, names: tuple[s
     cfg = dict(model_cfg)
     cfg["vocab_size"] = cfg.get("vocab_size") or dm.vocab_size
     vision, patch = dict(cfg.get("vision") or {}), getattr(dm, "patch_size", None)
+    if init_spec is not None:
+        for key, value in (init_spec["config"].get("vision") or {}).items():
+            if vision.get(key) is None:
+                vision[key] = value
     if vision.get("patch_size") is None:
         vision["patch_size"] = patch           # the data's patch size fixes the token count
     cfg["vision"] = vision

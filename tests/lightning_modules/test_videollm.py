@@ -317,3 +317,13 @@ def test_rationale_replies_also_score_the_named_option():
     assert got["val/mcq_acc/describe"] == 0.5
     assert got["val/mcq_named_acc/describe"] == 1.0
     assert got["val/mcq_named_acc/describe/colour"] == 1.0
+
+
+def test_vision_keys_left_null_come_from_the_init_from_checkpoint():
+    from framelab.lightning_modules.video_qa import world_model_spec
+    theirs = built(model={"vision": {**VISION, "stem": "cnn"}}).model_spec
+    spec = world_model_spec({"preset": "tiny", "vision": {"stem": None, "depth": 2}}, Data(),
+                            theirs, (VIDEO_PAD, PAD, IM_END))
+    assert spec["config"]["vision"]["stem"] == "cnn"          # null here: the checkpoint's
+    assert spec["config"]["vision"]["width"] == VISION["width"]
+    assert spec["config"]["vision"]["depth"] == 2             # set here: this run's

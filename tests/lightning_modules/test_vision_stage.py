@@ -58,6 +58,7 @@ def test_the_vision_stage_trains_the_idle_lm_on_text_only_documents_when_asked(p
         run = root / f"text{tokens}"
         assert main(["fit", "experiment=vision_pretrain", "trainer.max_steps=2", "seed=3",
                      f"module.vision_text_tokens={tokens}", f"paths.cache_dir={root / 'cache'}",
+                     "trainer.gradient_clip_val=null",  # a global-norm clip would couple them
                      f"hydra.run.dir={run}", *SMALL_DATA, "data.tasks=[describe,choose]"]) == 0
         state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
         parts[tokens] = {name: {k: v for k, v in state.items() if k.startswith(f"model.{name}.")}

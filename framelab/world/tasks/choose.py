@@ -8,9 +8,11 @@ the word and giving that line's letter -- the lookup every "rationale" reply end
 Why: a from-scratch LM learns that lookup one answer word at a time when it only meets it in
 questions whose answers are a handful of colours, shapes and counts (docs/videollm.md). The drill
 gives the lookup practice of its own: over the whole vocabulary (`words: all`), or over
-describe's answer words in describe-like option lists (`words: answers`). Measured in the default
-mixture (docs/videollm.md): it does not make the lookup form reliably within the default run's
-2000 steps, so it is not in the default mixture; it is there to add to a mixture by name.
+describe's answer words in describe-like option lists (`words: answers`). Measured
+(docs/videollm.md): as a drill of its own between the vision stage and SFT it lifts the describe
+letter; kept in the SFT mixture it stops the lookup from forming at all (the letter falls to
+chance on describe, read and choose alike), so it is not in the default mixture. It is there to
+drill with, or to add to a mixture by name.
 """
 from __future__ import annotations
 
