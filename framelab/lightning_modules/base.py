@@ -33,6 +33,7 @@ from torch import nn
 
 from framelab import checkpoints
 from framelab.errors import UserError
+from framelab.evaluation.video_qa import data_parallel
 from framelab.models.config import PRESETS, ModelConfig, VisionConfig, preset
 
 
@@ -158,10 +159,7 @@ class FramelabModule(L.LightningModule):
                 "tokens": dict(spec.get("tokens") or {})}
         self.model = self.build_model(spec)
         self.model_spec = spec
-        names = [n for n, _ in self.model.named_children()]
-        unknown = sorted(set(self.freeze) - set(names))
-        if unknown:
-            raise UserError(f"module.freeze has unknown parts {unknown}; valid: {', '.join(names)}")
+        self.model_parts(self.freeze, "module.freeze")
         for name, frozen in self.freeze.items():
             if frozen:
                 getattr(self.model, name).requires_grad_(False)
@@ -207,22 +205,21 @@ class FramelabModule(L.LightningModule):
         parts stop taking gradients (their backward is skipped). Several: they keep them, since
         DDP waits for every parameter it was built with, and the gradients are dropped before
         each optimizer step. Either way the optimizer leaves them alone (no step, no decay)."""
-        names = [n for n, _ in self.model.named_children()]
-        unknown = sorted(set(parts) - set(names))
-        if unknown:
-            raise UserError(f"curriculum freeze: unknown parts {unknown}; valid: {', '.join(names)}")
+        names = self.model_parts(parts, "curriculum freeze")
         self.phase_frozen = set(parts)
-        if self.trainer_world_size() > 1:
+        if data_parallel():
             return
         for name in names:
             if not self.freeze.get(name):
                 getattr(self.model, name).requires_grad_(name not in self.phase_frozen)
 
-    def trainer_world_size(self) -> int:
-        try:
-            return int(self.trainer.world_size)
-        except RuntimeError:          # not attached to a trainer
-            return 1
+    def model_parts(self, given, what: str) -> list[str]:
+        """The model's part names; one line naming `what` when `given` has a part it lacks."""
+        names = [n for n, _ in self.model.named_children()]
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise UserError(f"{what} has unknown parts {unknown}; valid: {', '.join(names)}")
+        return names
 
     def set_rope_theta(self, theta: float) -> None:
         """Change the rotary base of the model's LM (the short-to-long curriculum's option)."""
