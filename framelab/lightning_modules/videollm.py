@@ -16,8 +16,8 @@
   and the default trains both in one command; `experiment=vision_pretrain` runs the stage alone,
   and `init_from` with `init_parts=[vision, projector]` carries it into any other run.
   With `vision_text_tokens` n > 0 the idle LM is not idle: it also learns (reply loss) from the
-  row's text-only documents, up to n tokens a step (the default run: its `read` questions), so
-  SFT starts from an LM that already names options from a description.
+  row's text-only documents, up to n tokens a step (the default run: its `choose` drills), so
+  SFT starts from an LM that has already practised finding an option's letter.
   With `perception_weight` w > 0, cpt and sft add w times the perception loss. With
   `grounding_weight` g > 0 they add g times the word-grounding loss
   (`framelab.models.perception.grounding_loss`): the LM's hidden state at each object's vision

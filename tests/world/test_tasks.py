@@ -197,8 +197,8 @@ def test_choose_quotes_one_option_and_the_reply_gives_its_line():
     """choose: text only; each turn quotes one of its four distinct options, and the reply names
     it and then the letter of its line; the quoted words range over the world's vocabulary."""
     quoted = set()
-    for i in range(40):
-        s = make_sample("choose", "train", i)
+    for i in range(60):
+        s = make_sample("choose", "train", i, {"questions": 2})
         assert s.frames is None and s.annotation()["num_frames"] == 0
         for turn, (user, reply) in zip(s.meta["turns"], zip(s.conversation[::2], s.conversation[1::2])):
             word = user["content"].split('"')[1]
@@ -214,7 +214,7 @@ def test_choose_answers_drills_describe_answer_words_among_options_of_one_kind()
     all directions or all counts -- describe's option lists -- and every such word comes up."""
     kinds = [set(COLOUR_NAMES), set(SHAPES), set(DIRECTIONS), {str(k) for k in range(1, 7)}]
     quoted = set()
-    for i in range(60):
+    for i in range(150):
         s = make_sample("choose", "train", i, {"words": "answers"})
         for turn in s.meta["turns"]:
             assert sum(set(turn["choices"]) <= kind for kind in kinds) == 1
@@ -222,4 +222,16 @@ def test_choose_answers_drills_describe_answer_words_among_options_of_one_kind()
     assert quoted == set().union(*kinds)
     with pytest.raises(ValueError, match="words"):
         make_sample("choose", "train", 0, {"words": "nouns"})
+
+
+def test_choose_never_lists_a_word_in_two_turns_of_a_sample():
+    """A word listed again under another letter in a later turn gives the lookup two lines to copy
+    from (it then did not form); a sample asking more questions than its words allow is refused."""
+    for words, k in (("all", 4), ("answers", 4)):
+        for i in range(40):
+            s = make_sample("choose", "train", i, {"words": words, "questions": k})
+            listed = [w for turn in s.meta["turns"] for w in turn["choices"]]
+            assert len(s.meta["turns"]) == k and len(listed) == len(set(listed))
+    with pytest.raises(ValueError, match="runs out of words"):
+        make_sample("choose", "train", 0, {"words": "answers", "questions": 6})
 
