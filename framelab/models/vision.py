@@ -98,20 +98,30 @@ class CNNStem(nn.Module):
         return self.proj.weight
 
     def forward(self, patches: torch.Tensor, grids: list[tuple[int, int, int]]) -> torch.Tensor:
-        """Patches (N, C * temporal_patch * p * p) in merged order with their grids -> (N, width)."""
+        """Patches (N, C * temporal_patch * p * p) in merged order with their grids -> (N, width).
+        Consecutive videos of one frame size go through the convolutions as one batch of frames:
+        a video's tokens are its frames' in order, so their concatenation is the run's."""
+        runs = []   # [(frames, h, w)] of consecutive grids with the same h, w
+        for t, h, w in grids:
+            if runs and runs[-1][1:] == (h, w):
+                runs[-1] = (runs[-1][0] + t, h, w)
+            else:
+                runs.append((t, h, w))
+        return torch.cat([self.frames(x, *grid) for x, grid in
+                          zip(patches.split([t * h * w for t, h, w in runs]), runs)])
+
+    def frames(self, x: torch.Tensor, t: int, h: int, w: int) -> torch.Tensor:
+        """The tokens (t h w, width) of t frames of h x w patches, in merged order."""
         p, m, q = self.p, self.m, self.p // 2
-        out = []
-        for x, (t, h, w) in zip(patches.split([t * h * w for t, h, w in grids]), grids):
-            # merged order (t, h/m, w/m, m, m | cin, p, p) -> frames (t, cin, h p, w p)
-            x = x.reshape(t, h // m, w // m, m, m, self.cin, p, p)
-            x = x.permute(0, 5, 1, 3, 6, 2, 4, 7).reshape(t, self.cin, h * p, w * p)
-            x = self.act(self.conv2(self.act(self.conv1(x))))
-            for block in self.res:
-                x = x + self.act(block(x))
-            # (t, C, h q, w q) -> each patch's q x q cell, back in merged order
-            x = x.reshape(t, -1, h // m, m, q, w // m, m, q).permute(0, 2, 5, 3, 6, 1, 4, 7)
-            out.append(self.proj(x.reshape(t * h * w, -1)))
-        return torch.cat(out)
+        # merged order (t, h/m, w/m, m, m | cin, p, p) -> frames (t, cin, h p, w p)
+        x = x.reshape(t, h // m, w // m, m, m, self.cin, p, p)
+        x = x.permute(0, 5, 1, 3, 6, 2, 4, 7).reshape(t, self.cin, h * p, w * p)
+        x = self.act(self.conv2(self.act(self.conv1(x))))
+        for block in self.res:
+            x = x + self.act(block(x))
+        # (t, C, h q, w q) -> each patch's q x q cell, back in merged order
+        x = x.reshape(t, -1, h // m, m, q, w // m, m, q).permute(0, 2, 5, 3, 6, 1, 4, 7)
+        return self.proj(x.reshape(t * h * w, -1))
 
 
 class VisionEncoder(nn.Module):

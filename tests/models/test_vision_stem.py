@@ -56,3 +56,19 @@ def test_object_shape_is_read_from_the_maximum_over_each_objects_tokens():
     pooled = torch.stack([x[[0, 1]].amax(0), x[[2]].amax(0), x[[4, 5, 6]].amax(0)])
     want = torch.nn.functional.cross_entropy(head(pooled), torch.tensor([2, 5, 2]))
     torch.testing.assert_close(got, want)
+
+
+def test_videos_encoded_together_match_each_encoded_alone():
+    """Consecutive videos of one frame size share one batch of convolutions; the tokens must be
+    those of each video alone, whatever the sizes' order."""
+    torch.manual_seed(3)
+    cfg = dataclasses.replace(preset("tiny-video").vision, stem="cnn", depth=0)
+    enc = VisionEncoder(cfg).eval()
+    videos = [torch.rand(2, 3, 32, 32), torch.rand(4, 3, 32, 32), torch.rand(2, 3, 32, 64),
+              torch.rand(2, 3, 32, 32)]
+    patches, grids = zip(*(enc.patchify(v) for v in videos))
+    with torch.no_grad():
+        together = enc.patch_embed(torch.cat(patches), list(grids))
+        alone = torch.cat([enc.patch_embed(p, [g]) for p, g in zip(patches, grids)])
+    assert together.shape == alone.shape == (sum(p.shape[0] for p in patches), cfg.width)
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
