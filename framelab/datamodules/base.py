@@ -27,6 +27,7 @@ from framelab.datamodules.stream import SampleStream
 from framelab.datamodules.synth import ensure_world_shards, resolve_cache_dir
 from framelab.errors import UserError
 from framelab.world.scene import SPLITS
+from framelab.world.tasks import TASKS as WORLD_TASKS
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers fork after the tokenizer is built
 
@@ -49,10 +50,14 @@ class StreamingDataModule(L.LightningDataModule):
         self.task_params = dict(task_params or {})
         self.samples = samples
         self.weights = {k: float(v) for k, v in (plain(weights) or {}).items()}
-        bad = {k: v for k, v in self.weights.items() if k not in self.tasks or v < 0}
+        # like task_params, a world task's weight may stand while the task is not mixed in (an
+        # experiment's weights survive `data.tasks=[...]`); any other unknown key is a typo
+        known = set(self.tasks) | (set(WORLD_TASKS) if data_dir is None else set())
+        bad = {k: v for k, v in self.weights.items() if k not in known or v < 0}
         if bad:
-            raise UserError(f"data.weights {bad}: each key must be one of data.tasks {self.tasks} and "
-                            "each weight >= 0 (a task's share of the training samples, 1 by default)")
+            raise UserError(f"data.weights {bad}: each key must be one of data.tasks {self.tasks} "
+                            "(or another world task, unused) and each weight >= 0 (a task's share "
+                            "of the training samples, 1 by default)")
         self.shards = shards
         self.data_dir = data_dir
         self.cache_dir = resolve_cache_dir(cache_dir)

@@ -169,13 +169,15 @@ def test_world_tokenizer_puts_the_letter_right_after_the_option_text():
 
 def test_task_weights_set_each_task_share_of_the_training_stream(cache):
     """data.weights scales a task's train samples (the stream's mixture); evaluation splits keep
-    their counts; a weight for a task not in the mixture, or a negative one, is one clear error."""
+    their counts; a world task's weight may stand for a task not in the mixture (unused), while an
+    unknown task or a negative weight is one clear error."""
     dm = make_dm(cache, tasks=["describe", "read"], max_tokens=600, weights={"read": 2.5},
                  task_params={"read": {"questions": 2}})
     tasks = [m["task"] for batch in dm.train_dataloader() for m in batch["meta"]]
     assert tasks.count("read") == 40 and tasks.count("describe") == 16
     evaluated = [m["task"] for batch in dm.val_dataloader() for m in batch["meta"]]
     assert evaluated.count("read") == 4 and evaluated.count("describe") == 4
-    for bad in ({"future": 2}, {"read": -1}):
+    VideoTextDataModule(tasks=["describe", "read"], cache_dir=cache, weights={"future": 2})
+    for bad in ({"futures": 2}, {"read": -1}):
         with pytest.raises(UserError, match="data.weights"):
             VideoTextDataModule(tasks=["describe", "read"], cache_dir=cache, weights=bad)
