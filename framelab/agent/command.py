@@ -124,7 +124,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--fps", type=float, default=8.0)
     p.add_argument("--max-frames", type=int, default=2048)
     p.add_argument("--size", type=int, default=32)
-    p.add_argument("--max-turns", type=int, default=4)
+    p.add_argument("--max-turns", type=int, default=AgentConfig.max_turns)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", default=None)

@@ -13,6 +13,15 @@ An expert trajectory (`expert_trajectory`):
 4. `finish(answer)`: the option letter, or for "when" the span it zoomed on (what the context
    shows).
 
+With `notes` (the default), every turn after a zoom opens with a note of what the zoom showed,
+before its call: `seen: blue square, red circle` -- the objects visible in at least one of the
+zoom's frames, by name in alphabetical order (an order that says nothing of which is the needle).
+The note is what the next call follows from: when it names the asked object (or one of the
+options, whose only present one is the needle) the expert answers; when it names none, the zoom
+missed and the expert zooms on the next span. An agent trained without notes answered "what" at
+chance even from the expert's own right zoom: naming what a clip shows is a skill the default run
+trains (`describe`); picking the one present option out of four from frames is not (docs/agent.md).
+
 With probability `direct_prob` the trajectory is instead one forced `finish` after an overview of
 `direct_frames` uniformly sampled frames: the same model then also answers without tools, which is
 the uniform-sampling baseline of `framelab bench vniah`.
@@ -69,9 +78,25 @@ def clip_spans(frames: int, fps: float, temporal_patch: int = 2) -> list[tuple[f
     return [(s * step_s, (s + window) * step_s) for s in starts]
 
 
+def zoom_indices(frames: int, fps: float, lo: float, hi: float, count: int = 8) -> list[int]:
+    """The frames `framelab.agent.tools.zoom` shows for [lo, hi] (seconds, inside the video)."""
+    first = int(lo * fps)
+    last = max(first, min(frames, math.ceil(hi * fps)) - 1)
+    return [int(i) for i in torch.linspace(first, last, count).round().long()]
+
+
+def seen_note(objects: list[dict], indices: list[int]) -> str:
+    """`seen: a, b`: the objects visible in any of the frames `indices`, alphabetically."""
+    names = sorted({f"{o['colour']} {o['shape']}" for o in objects
+                    if any(o["t_in"] <= t and (o["t_out"] is None or t < o["t_out"])
+                           for t in indices)})
+    return "seen: " + (", ".join(names) if names else "nothing")
+
+
 def expert_trajectory(ep: dict, rng: np.random.Generator, miss_prob: float = 0.3,
                       direct_prob: float = 0.0, overview: int = 8,
-                      direct_frames: int = 16) -> Trajectory:
+                      direct_frames: int = 16, notes: bool = True,
+                      zoom_frames: int = 8) -> Trajectory:
     """An expert trajectory for an episode (the module docstring)."""
     meta, fps, n = ep["meta"], ep["fps"], int(ep["frames"].shape[0])
     when = meta.get("format") == "span"
@@ -97,11 +122,14 @@ def expert_trajectory(ep: dict, rng: np.random.Generator, miss_prob: float = 0.3
     for i in (listed[:2] if miss else listed[:1]):
         lo, hi = max(0.0, spans[i][0]), min(duration, spans[i][1])
         turns.append(Turn("", f"zoom({spans[i][0]:.1f}, {spans[i][1]:.1f})",
-                          f"{lo:.1f}-{hi:.1f}", [lo, hi], 8))
+                          f"{lo:.1f}-{hi:.1f}", [lo, hi], zoom_frames))
     answer = f"{spans[hit][0]:.1f}-{spans[hit][1]:.1f}" if when else meta["answer"]
     turns.append(Turn("", f"finish({answer})"))
-    for t in turns:
-        t.text = f"<tool_call>{t.call}</tool_call>"
+    for before, t in zip([None] + turns, turns):
+        note = ""
+        if notes and before is not None and before.span is not None:
+            note = seen_note(meta["objects"], zoom_indices(n, fps, *before.span, before.frames))
+        t.text = f"{note}<tool_call>{t.call}</tool_call>"
     return Trajectory(ep["question"], overview, turns, answer, {"key": ep["key"], "miss": miss})
 
 
@@ -120,7 +148,8 @@ class AgentDataModule(L.LightningDataModule):
     def __init__(self, lengths=(64, 128, 256, 512), depths=(0.0, 0.25, 0.5, 0.75, 1.0),
                  samples: dict | None = None, size: int = 32, patch_size: int = 8,
                  when_prob: float = 0.5, overview: int = 8, direct_frames: int = 16,
-                 miss_prob: float = 0.3, direct_prob: float = 0.2, batch_size: int = 8,
+                 miss_prob: float = 0.3, direct_prob: float = 0.2, notes: bool = True,
+                 batch_size: int = 8,
                  val_batch_size: int = 4, cache_dir: str = ".cache",
                  tokenizer_vocab_size: int = 1024,
                  world_seed: int = 0, seed: int = 0, num_workers: int = 0):
@@ -135,7 +164,7 @@ class AgentDataModule(L.LightningDataModule):
             raise UserError(f"data.size={size} must be a multiple of 2 x data.patch_size="
                             f"{2 * self.patch_size}")
         self.when_prob, self.overview, self.direct_frames = when_prob, overview, direct_frames
-        self.miss_prob, self.direct_prob = miss_prob, direct_prob
+        self.miss_prob, self.direct_prob, self.notes = miss_prob, direct_prob, bool(notes)
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.cache_dir, self.vocab = cache_dir, tokenizer_vocab_size
         self.world_seed, self.seed, self.num_workers = world_seed, seed, num_workers
@@ -172,7 +201,7 @@ class AgentDataModule(L.LightningDataModule):
         code = {"train": 0, "val": 1, "test": 2}.get(split, 3)
         rng = np.random.default_rng([self.seed, index, code])
         traj = expert_trajectory(ep, rng, self.miss_prob, self.direct_prob, self.overview,
-                                 self.direct_frames)
+                                 self.direct_frames, self.notes)
         frames = as_tensor(ep["frames"])
         out = traj.context(self.renderer, frames, ep["fps"]).render(generation_prompt=False,
                                                                   finished=True)

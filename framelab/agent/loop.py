@@ -37,8 +37,8 @@ FORCED = "finish("
 
 @dataclass
 class AgentConfig:
-    max_turns: int = 4
-    max_new_tokens: int = 24
+    max_turns: int = 5           # a search, two zooms, a note and an answer fit (agent.data)
+    max_new_tokens: int = 48     # a turn: a note of up to five objects and a call
     overview: int = 8            # frames of the first observation
     zoom_frames: int = 8
     budget: int | None = 2048    # context tokens (framelab.agent.context's policy)

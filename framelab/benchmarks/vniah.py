@@ -111,6 +111,7 @@ def plot(result: dict, path: str | None, tb_dir: str | None) -> None:
 
 def main(argv: list[str]) -> int:
     from framelab.agent.command import load_agent
+    from framelab.agent.loop import AgentConfig
 
     p = argparse.ArgumentParser(prog="framelab bench vniah", description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", required=True, help="an agent checkpoint (experiment=agent_sft/rl)")
@@ -119,7 +120,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--per-cell", type=int, default=4, help="questions per cell")
     p.add_argument("--frames", type=int, default=16, help="uniform sampling's frames")
     p.add_argument("--overview", type=int, default=8, help="the agent's first observation")
-    p.add_argument("--max-turns", type=int, default=4)
+    p.add_argument("--max-turns", type=int, default=AgentConfig.max_turns)
     p.add_argument("--iou", type=float, default=0.5, help="tIoU at which a 'when' answer counts")
     p.add_argument("--split", default="test")
     p.add_argument("--features", choices=("tower", "pixels"), default="tower",

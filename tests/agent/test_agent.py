@@ -6,7 +6,8 @@ import torch
 
 from framelab.agent.context import IGNORE, Context, Entry
 from framelab.agent.data import as_tensor, episode, expert_trajectory
-from framelab.agent.loop import AgentConfig, Trajectory, renderer_for, run_agent, start_context
+from framelab.agent.loop import AgentConfig, Trajectory, renderer_for, run_agent, split_call, \
+    start_context
 from framelab.agent.rewards import agent_answer_reward, agent_finish_reward, agent_turns_reward, \
     final_answer, finished
 from framelab.agent.tools import Toolbox, ToolError, parse_call
@@ -67,12 +68,30 @@ def test_expert_labels_cover_the_models_tokens_only(tok):
     trained = [t for t in out.labels if t != IGNORE]
     calls = [t.call for t in traj.turns]
     assert tok.decode(trained, skip_special_tokens=False) == \
-        "".join(f"<tool_call>{c}</tool_call>" for c in calls) + "<|im_end|>"
+        "".join(t.text for t in traj.turns) + "<|im_end|>"
+    assert all(t.text.endswith(f"<tool_call>{c}</tool_call>") for t, c in zip(traj.turns, calls))
     inside, ids = False, out.ids                     # no label between the tool-response tokens
     for i, t in enumerate(ids):
         inside = (inside or t == r.ids[TOOL_RESPONSE]) and t != r.ids[TOOL_RESPONSE_END]
         assert not inside or out.labels[i] == IGNORE
     assert len(out.videos) == 1 + sum(1 for t in traj.turns if t.frames)
+
+
+def test_expert_notes_say_what_each_zoom_showed():
+    params = {"lengths": [512], "when_prob": 1.0}
+    for i in range(4):
+        ep = episode("train", i, params)
+        needle = "{colour} {shape}".format(**ep["meta"]["objects"][0])
+        traj = expert_trajectory(ep, np.random.default_rng(0), miss_prob=1.0)
+        notes = [split_call(t.text)[0] for t in traj.turns]
+        assert [t.call.split("(")[0] for t in traj.turns] == ["search", "zoom", "zoom", "finish"]
+        assert notes[:2] == ["", ""]                 # nothing seen before the first zoom
+        missed, hit = (n.removeprefix("seen: ").split(", ") for n in notes[2:])
+        assert needle not in missed and needle in hit, (missed, hit)   # miss, then recover
+        assert hit == sorted(hit) and set(missed) <= set(hit)          # order tells nothing
+        plain = expert_trajectory(ep, np.random.default_rng(0), miss_prob=1.0, notes=False)
+        assert [t.call for t in plain.turns] == [t.call for t in traj.turns]
+        assert all(t.text.startswith("<tool_call>") for t in plain.turns)
 
 
 def test_budget_drops_frames_then_results_and_keeps_memory(tok):
