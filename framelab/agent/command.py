@@ -99,7 +99,12 @@ def read_shard(path: str, index: int) -> dict:
 
 def print_trajectory(traj, out=sys.stdout) -> None:
     print(f"question: {traj.question}", file=out)
+    from framelab.agent.loop import split_call
+
     for t, turn in enumerate(traj.turns, 1):
+        note, call = split_call(turn.text)
+        if note and call is not None:
+            print(f"[turn {t}] {note}", file=out)       # what it wrote before its call
         what = turn.call if turn.call is not None else turn.text.strip()
         print(f"[turn {t}]{' (forced)' if turn.forced else ''} {what}", file=out)
         if turn.result is not None:

@@ -211,3 +211,18 @@ def test_commands_registered_and_bad_input_is_one_line(tmp_path, capsys):
         read_shard(str(bad), 0)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("framelab: error:") for line in err)
+
+
+def test_note_scores_compare_names_with_the_zoom(tok):
+    from framelab.benchmarks.agent_notes import report, score_note
+
+    present = ["blue square", "red circle"]
+    s = score_note("seen: blue circle, red circle", present, needle="red circle")
+    assert s == {"needle": 1.0, "colour": 1.0, "shape": 1.0, "pair": 0.5, "count": 1.0,
+                 "named": 2}
+    s = score_note("seen: green ring", present, needle="red circle")
+    assert (s["needle"], s["colour"], s["shape"], s["pair"], s["count"]) == (0, 0, 0, 0, 0)
+    assert score_note("no note", present, "red circle")["named"] == 0
+    out = report(model(tok), tok, questions=4, samples=2)
+    assert sum(v["questions"] for v in out.values()) == 4
+    assert all(0.0 <= v[k] <= 1.0 for v in out.values() for k in ("greedy", "sampled", "pair"))

@@ -1,0 +1,118 @@
+"""`framelab bench agent_notes --ckpt CKPT [--questions 120] [--samples 4] [--json PATH]`: what an
+agent makes of the right zoom.
+
+For each held-out `needle` question (test split, the benchmark's six lengths and five depths) the
+expert's trajectory (`framelab.agent.data.expert_trajectory`, no miss, no direct answer) is
+forced up to and including its zoom on the needle's span; the agent then writes the next turn (a
+note of what the zoom showed, with notes, and a call) once greedily and `--samples` times at
+temperature 1. Printed, by question type ("what" / "when"):
+
+- `greedy` / `sampled`: the answer's score (the letter; temporal IoU for "when") from that
+  context: what the agent does once the search and zoom are right;
+- `distinct`: the share of questions whose samples end in more than one outcome (what
+  group-relative RL needs to compare);
+- of the greedy notes: `needle` (the note names the needle), `colour` / `shape` / `pair` (the
+  share of the named colours, shapes and colour-shape pairs that are in the zoom), `count` (as
+  many objects named as the zoom shows).
+
+An agent trained without notes (`data.notes=false`) writes none: its note figures are 0.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from framelab.benchmarks._common import machine, print_table, write_json
+from framelab.errors import UserError
+
+PARAMS = {"lengths": [64, 128, 256, 512, 1024, 2048], "depths": [0.0, 0.25, 0.5, 0.75, 1.0],
+          "size": 32, "when_prob": 0.5}
+NOTE = "seen: "
+
+
+def note_names(note: str) -> list[str]:
+    """The object names of a note `seen: a, b` ([] for no note)."""
+    if not note.startswith(NOTE):
+        return []
+    return [n.strip() for n in note[len(NOTE):].split(",") if n.strip() and n.strip() != "nothing"]
+
+
+def score_note(note: str, present: list[str], needle: str) -> dict:
+    """How a note's names compare with the objects a zoom shows (`present`, "colour shape")."""
+    got = note_names(note)
+    colours, shapes = {p.split()[0] for p in present}, {p.split()[-1] for p in present}
+    n = max(1, len(got))
+    return {"needle": float(needle in got),
+            "colour": sum(g.split()[0] in colours for g in got) / n,
+            "shape": sum(g.split()[-1] in shapes for g in got) / n,
+            "pair": sum(g in present for g in got) / n,
+            "count": float(len(got) == len(present)), "named": len(got)}
+
+
+@torch.no_grad()
+def report(model, tok, questions: int, samples: int, seed: int = 0) -> dict:
+    """The figures of the module docstring, per question type."""
+    from framelab.agent.data import as_tensor, episode, expert_trajectory
+    from framelab.agent.loop import AgentConfig, answer_of, renderer_for, split_call
+    from framelab.agent.rewards import score
+    from framelab.datamodules.special_tokens import IM_END, TOOL_CALL_END
+    from framelab.models.generation import decode
+    from framelab.rl.rollout import suppressed
+
+    r = renderer_for(model, tok)
+    gen = torch.Generator().manual_seed(seed)
+    rows: dict[str, list[dict]] = {}
+    for i in range(questions):
+        ep = episode("test", i, PARAMS)
+        traj = expert_trajectory(ep, np.random.default_rng([seed, i]), miss_prob=0.0,
+                                 direct_prob=0.0)
+        want = split_call(traj.turns.pop().text)[0]
+        prompt = traj.context(r, as_tensor(ep["frames"]), ep["fps"]).render()
+        outcomes, note = [], ""
+        for k, temperature in enumerate([0.0] + [1.0] * samples):
+            out = decode(model, [prompt.ids], AgentConfig.max_new_tokens, videos=[prompt.videos],
+                         temperature=temperature, generator=gen,
+                         stop_tokens=[r.ids[TOOL_CALL_END], r.ids[IM_END]],
+                         suppress_tokens=suppressed(model))
+            text, call = split_call(r.decode(out.tokens[0]))
+            outcomes.append(round(score(answer_of(call), ep["meta"])["score"], 3))
+            note = text if k == 0 else note
+        needle = "{colour} {shape}".format(**ep["meta"]["objects"][0])
+        row = {"greedy": outcomes[0], "sampled": float(np.mean(outcomes[1:] or [0.0])),
+               "distinct": float(len(set(outcomes[1:])) > 1),
+               **score_note(note, note_names(want), needle)}
+        rows.setdefault(ep["meta"]["qtype"], []).append(row)
+    return {q: {key: float(np.mean([x[key] for x in v])) for key in v[0]} | {"questions": len(v)}
+            for q, v in sorted(rows.items())}
+
+
+def main(argv: list[str]) -> int:
+    from framelab.agent.command import load_agent
+
+    p = argparse.ArgumentParser(prog="framelab bench agent_notes",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True, help="an agent checkpoint (experiment=agent_sft/rl)")
+    p.add_argument("--questions", type=int, default=120)
+    p.add_argument("--samples", type=int, default=4, help="samples at temperature 1 a question")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.questions < 1 or args.samples < 0:
+        raise UserError(f"--questions {args.questions} / --samples {args.samples}: expected at "
+                        "least 1 question and 0 or more samples")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = load_agent(args.ckpt)
+    t0 = time.perf_counter()
+    result = report(model, tok, args.questions, args.samples, args.seed)
+    columns = ["type", "questions", "greedy", "sampled", "distinct", "needle", "colour", "shape",
+               "pair", "count"]
+    print_table([{"type": q, **{k: (f"{v:.3f}" if isinstance(v, float) else v)
+                                for k, v in row.items()}} for q, row in result.items()], columns)
+    write_json(args.json, {"by_type": result, "ckpt": args.ckpt, "machine": machine(),
+                           "seconds": time.perf_counter() - t0})
+    return 0
