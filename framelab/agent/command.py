@@ -98,9 +98,9 @@ def read_shard(path: str, index: int) -> dict:
 
 
 def print_trajectory(traj, out=sys.stdout) -> None:
-    print(f"question: {traj.question}", file=out)
     from framelab.agent.loop import split_call
 
+    print(f"question: {traj.question}", file=out)
     for t, turn in enumerate(traj.turns, 1):
         note, call = split_call(turn.text)
         if note and call is not None:

@@ -18,9 +18,9 @@ before its call: `seen: blue square, red circle` -- the objects visible in at le
 zoom's frames, by name in alphabetical order (an order that says nothing of which is the needle).
 The note is what the next call follows from: when it names the asked object (or one of the
 options, whose only present one is the needle) the expert answers; when it names none, the zoom
-missed and the expert zooms on the next span. An agent trained without notes answered "what" at
-chance even from the expert's own right zoom: naming what a clip shows is a skill the default run
-trains (`describe`); picking the one present option out of four from frames is not (docs/agent.md).
+missed and the expert zooms on the next span. A trajectory then shows what the agent took each
+zoom to contain, and two sampled episodes of one question can differ in what they name (what
+group-relative RL compares); docs/agent.md measures both.
 
 With probability `direct_prob` the trajectory is instead one forced `finish` after an overview of
 `direct_frames` uniformly sampled frames: the same model then also answers without tools, which is
@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from framelab.agent.context import Renderer
 from framelab.agent.loop import FORCED, Trajectory, Turn
-from framelab.agent.tools import fmt_spans
+from framelab.agent.tools import fmt_spans, zoom_indices
 from framelab.datamodules.special_tokens import PAD, special_token_ids
 from framelab.datamodules.tokenizer import ensure_tokenizer
 from framelab.errors import UserError
@@ -76,13 +76,6 @@ def clip_spans(frames: int, fps: float, temporal_patch: int = 2) -> list[tuple[f
         starts.append(steps - window)
     step_s = temporal_patch / fps
     return [(s * step_s, (s + window) * step_s) for s in starts]
-
-
-def zoom_indices(frames: int, fps: float, lo: float, hi: float, count: int = 8) -> list[int]:
-    """The frames `framelab.agent.tools.zoom` shows for [lo, hi] (seconds, inside the video)."""
-    first = int(lo * fps)
-    last = max(first, min(frames, math.ceil(hi * fps)) - 1)
-    return [int(i) for i in torch.linspace(first, last, count).round().long()]
 
 
 def seen_note(objects: list[dict], indices: list[int]) -> str:
@@ -128,7 +121,8 @@ def expert_trajectory(ep: dict, rng: np.random.Generator, miss_prob: float = 0.3
     for before, t in zip([None] + turns, turns):
         note = ""
         if notes and before is not None and before.span is not None:
-            note = seen_note(meta["objects"], zoom_indices(n, fps, *before.span, before.frames))
+            shown = zoom_indices(n, fps, *before.span, before.frames).tolist()
+            note = seen_note(meta["objects"], shown)
         t.text = f"{note}<tool_call>{t.call}</tool_call>"
     return Trajectory(ep["question"], overview, turns, answer, {"key": ep["key"], "miss": miss})
 

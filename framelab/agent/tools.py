@@ -242,9 +242,14 @@ def zoom(frames: torch.Tensor, fps: float, start_s: float, end_s: float,
     lo, hi = max(0.0, start_s), min(duration, end_s)
     if hi <= lo:
         raise ToolError(f"zoom: {start_s}-{end_s} is outside the video (0-{duration:.1f} s)")
-    first, last = int(lo * fps), max(int(lo * fps), min(frames.shape[0], math.ceil(hi * fps)) - 1)
-    idx = torch.linspace(first, last, count).round().long()
-    return frames[idx], (lo, hi)
+    return frames[zoom_indices(frames.shape[0], fps, lo, hi, count)], (lo, hi)
+
+
+def zoom_indices(frames: int, fps: float, lo: float, hi: float, count: int = 8) -> torch.Tensor:
+    """The indices of the `count` frames `zoom` shows for [lo, hi] (seconds, inside the video)."""
+    first = int(lo * fps)
+    last = max(first, min(frames, math.ceil(hi * fps)) - 1)
+    return torch.linspace(first, last, count).round().long()
 
 
 def memory_write(memory: list[str], text: str) -> str:
