@@ -13,7 +13,9 @@ temperature 1. Printed, by question type ("what" / "when"):
   group-relative RL needs to compare);
 - of the greedy notes: `needle` (the note names the needle), `colour` / `shape` / `pair` (the
   share of the named colours, shapes and colour-shape pairs that are in the zoom), `count` (as
-  many objects named as the zoom shows).
+  many objects named as the zoom shows);
+- `if_named`: the greedy answer's score over the questions whose note names the needle (can
+  the agent use a right note?), `-` when no note does.
 
 An agent trained without notes (`data.notes=false`) writes none: its note figures are 0.
 """
@@ -85,8 +87,12 @@ def report(model, tok, questions: int, samples: int, seed: int = 0) -> dict:
                "distinct": float(len(set(outcomes[1:])) > 1),
                **score_note(note, note_names(want), needle)}
         rows.setdefault(ep["meta"]["qtype"], []).append(row)
-    return {q: {key: float(np.mean([x[key] for x in v])) for key in v[0]} | {"questions": len(v)}
-            for q, v in sorted(rows.items())}
+    out = {}
+    for q, v in sorted(rows.items()):
+        named = [x["greedy"] for x in v if x["needle"]]
+        out[q] = {key: float(np.mean([x[key] for x in v])) for key in v[0]}
+        out[q].update(questions=len(v), if_named=float(np.mean(named)) if named else "-")
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -110,7 +116,7 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     result = report(model, tok, args.questions, args.samples, args.seed)
     columns = ["type", "questions", "greedy", "sampled", "distinct", "needle", "colour", "shape",
-               "pair", "count"]
+               "pair", "count", "if_named"]
     print_table([{"type": q, **{k: (f"{v:.3f}" if isinstance(v, float) else v)
                                 for k, v in row.items()}} for q, row in result.items()], columns)
     write_json(args.json, {"by_type": result, "ckpt": args.ckpt, "machine": machine(),

@@ -226,3 +226,4 @@ def test_note_scores_compare_names_with_the_zoom(tok):
     out = report(model(tok), tok, questions=4, samples=2)
     assert sum(v["questions"] for v in out.values()) == 4
     assert all(0.0 <= v[k] <= 1.0 for v in out.values() for k in ("greedy", "sampled", "pair"))
+    assert all(v["if_named"] == "-" or 0.0 <= v["if_named"] <= 1.0 for v in out.values())
