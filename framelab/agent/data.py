@@ -22,6 +22,12 @@ missed and the expert zooms on the next span. A trajectory then shows what the a
 zoom to contain, and two sampled episodes of one question can differ in what they name (what
 group-relative RL compares); docs/agent.md measures both.
 
+`note_form="checks"` writes the note as a verdict on each thing the question asks about instead
+of a list: `check: red cross yes` for "when" (the asked object), `check: A red cross no, B blue
+ring yes, C ...` for "what" (every option). Each verdict is one yes/no about one named object in
+the zoom's frames, and the answer is the option whose verdict is yes: the note does the binding
+and the letter lookup in the open, where a list leaves both to the next token.
+
 With probability `direct_prob` the trajectory is instead one forced `finish` after an overview of
 `direct_frames` uniformly sampled frames: the same model then also answers without tools, which is
 the uniform-sampling baseline of `framelab bench vniah`.
@@ -49,8 +55,10 @@ from framelab.datamodules.tokenizer import ensure_tokenizer
 from framelab.errors import UserError
 from framelab.evaluation.temporal import temporal_iou
 from framelab.world.tasks import make_sample
+from framelab.world.tasks.common import LETTERS
 
 WHAT_QUERY = "object seen briefly"
+NOTE_FORMS = ("names", "checks")
 
 
 def episode(split: str, index: int, params: dict, world_seed: int = 0) -> dict:
@@ -86,11 +94,28 @@ def seen_note(objects: list[dict], indices: list[int]) -> str:
     return "seen: " + (", ".join(names) if names else "nothing")
 
 
+def visible(objects: list[dict], name: str, indices: list[int]) -> bool:
+    """Is an object called `name` ("colour shape") visible in any of the frames `indices`?"""
+    return any(f"{o['colour']} {o['shape']}" == name and
+               any(o["t_in"] <= t and (o["t_out"] is None or t < o["t_out"]) for t in indices)
+               for o in objects)
+
+
+def check_note(items: list[tuple[str, str]], objects: list[dict], indices: list[int]) -> str:
+    """`check: A red cross no, B blue ring yes`: a verdict on each (label, name) in `items`
+    (labels may be empty), yes when the object is visible in any of the frames `indices`."""
+    return "check: " + ", ".join(
+        f"{label + ' ' if label else ''}{name} {'yes' if visible(objects, name, indices) else 'no'}"
+        for label, name in items)
+
+
 def expert_trajectory(ep: dict, rng: np.random.Generator, miss_prob: float = 0.3,
                       direct_prob: float = 0.0, overview: int = 8,
                       direct_frames: int = 16, notes: bool = True,
-                      zoom_frames: int = 8) -> Trajectory:
+                      zoom_frames: int = 8, note_form: str = "names") -> Trajectory:
     """An expert trajectory for an episode (the module docstring)."""
+    if note_form not in NOTE_FORMS:
+        raise UserError(f"data.note_form={note_form!r}: expected one of {', '.join(NOTE_FORMS)}")
     meta, fps, n = ep["meta"], ep["fps"], int(ep["frames"].shape[0])
     when = meta.get("format") == "span"
     if rng.random() < direct_prob:
@@ -118,11 +143,13 @@ def expert_trajectory(ep: dict, rng: np.random.Generator, miss_prob: float = 0.3
                           f"{lo:.1f}-{hi:.1f}", [lo, hi], zoom_frames))
     answer = f"{spans[hit][0]:.1f}-{spans[hit][1]:.1f}" if when else meta["answer"]
     turns.append(Turn("", f"finish({answer})"))
+    asked = [("", name)] if when else list(zip(LETTERS, meta["choices"]))
     for before, t in zip([None] + turns, turns):
         note = ""
         if notes and before is not None and before.span is not None:
             shown = zoom_indices(n, fps, *before.span, before.frames).tolist()
-            note = seen_note(meta["objects"], shown)
+            note = seen_note(meta["objects"], shown) if note_form == "names" else \
+                check_note(asked, meta["objects"], shown)
         t.text = f"{note}<tool_call>{t.call}</tool_call>"
     return Trajectory(ep["question"], overview, turns, answer, {"key": ep["key"], "miss": miss})
 
@@ -143,7 +170,7 @@ class AgentDataModule(L.LightningDataModule):
                  samples: dict | None = None, size: int = 32, patch_size: int = 8,
                  when_prob: float = 0.5, overview: int = 8, direct_frames: int = 16,
                  miss_prob: float = 0.3, direct_prob: float = 0.2, notes: bool = True,
-                 batch_size: int = 8,
+                 note_form: str = "names", batch_size: int = 8,
                  val_batch_size: int = 4, cache_dir: str = ".cache",
                  tokenizer_vocab_size: int = 1024,
                  world_seed: int = 0, seed: int = 0, num_workers: int = 0):
@@ -159,6 +186,10 @@ class AgentDataModule(L.LightningDataModule):
                             f"{2 * self.patch_size}")
         self.when_prob, self.overview, self.direct_frames = when_prob, overview, direct_frames
         self.miss_prob, self.direct_prob, self.notes = miss_prob, direct_prob, bool(notes)
+        if note_form not in NOTE_FORMS:
+            raise UserError(f"data.note_form={note_form!r}: expected one of "
+                            f"{', '.join(NOTE_FORMS)}")
+        self.note_form = note_form
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.cache_dir, self.vocab = cache_dir, tokenizer_vocab_size
         self.world_seed, self.seed, self.num_workers = world_seed, seed, num_workers
@@ -195,7 +226,7 @@ class AgentDataModule(L.LightningDataModule):
         code = {"train": 0, "val": 1, "test": 2}.get(split, 3)
         rng = np.random.default_rng([self.seed, index, code])
         traj = expert_trajectory(ep, rng, self.miss_prob, self.direct_prob, self.overview,
-                                 self.direct_frames, self.notes)
+                                 self.direct_frames, self.notes, note_form=self.note_form)
         frames = as_tensor(ep["frames"])
         out = traj.context(self.renderer, frames, ep["fps"]).render(generation_prompt=False,
                                                                   finished=True)

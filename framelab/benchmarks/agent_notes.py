@@ -13,7 +13,9 @@ temperature 1. Printed, by question type ("what" / "when"):
   group-relative RL needs to compare);
 - of the greedy notes: `needle` (the note names the needle), `colour` / `shape` / `pair` (the
   share of the named colours, shapes and colour-shape pairs that are in the zoom), `count` (as
-  many objects named as the zoom shows);
+  many objects named as the zoom shows); for a `check:` note (`data.note_form=checks`) the named
+  objects are those it says yes to, `checks` is the share of its verdicts that are right and
+  `count` is `-`;
 - `if_named`: the greedy answer's score over the questions whose note names the needle (can
   the agent use a right note?), `-` when no note does.
 
@@ -32,7 +34,7 @@ from framelab.errors import UserError
 
 PARAMS = {"lengths": [64, 128, 256, 512, 1024, 2048], "depths": [0.0, 0.25, 0.5, 0.75, 1.0],
           "size": 32, "when_prob": 0.5}
-NOTE = "seen: "
+NOTE, CHECK = "seen: ", "check: "
 
 
 def note_names(note: str) -> list[str]:
@@ -42,16 +44,38 @@ def note_names(note: str) -> list[str]:
     return [n.strip() for n in note[len(NOTE):].split(",") if n.strip() and n.strip() != "nothing"]
 
 
+def note_checks(note: str) -> list[tuple[str, bool]]:
+    """The (name, verdict) pairs of a note `check: A red cross no, B blue ring yes` (option
+    letters dropped; [] for no such note; an item without a yes/no verdict counts as no)."""
+    if not note.startswith(CHECK):
+        return []
+    out = []
+    for item in note[len(CHECK):].split(","):
+        words = item.split()
+        if len(words) >= 2 and len(words[0]) == 1 and words[0].isupper():
+            words = words[1:]
+        verdict = bool(words) and words[-1] == "yes"
+        name = " ".join(words[:-1] if words and words[-1] in ("yes", "no") else words)
+        if name:
+            out.append((name, verdict))
+    return out
+
+
 def score_note(note: str, present: list[str], needle: str) -> dict:
-    """How a note's names compare with the objects a zoom shows (`present`, "colour shape")."""
-    got = note_names(note)
+    """How a note compares with the objects a zoom shows (`present`, "colour shape"): the
+    names it lists (`seen:`) or says yes to (`check:`); `checks` is the share of a `check:`
+    note's verdicts that are right (nan for a `seen:` note)."""
+    checks = note_checks(note)
+    got = [n for n, yes in checks if yes] if checks else note_names(note)
     colours, shapes = {p.split()[0] for p in present}, {p.split()[-1] for p in present}
     n = max(1, len(got))
     return {"needle": float(needle in got),
             "colour": sum(g.split()[0] in colours for g in got) / n,
             "shape": sum(g.split()[-1] in shapes for g in got) / n,
             "pair": sum(g in present for g in got) / n,
-            "count": float(len(got) == len(present)), "named": len(got)}
+            "count": float("nan") if checks else float(len(got) == len(present)),
+            "checks": float(np.mean([(name in present) == yes for name, yes in checks]))
+            if checks else float("nan"), "named": len(got)}
 
 
 @torch.no_grad()
@@ -90,9 +114,15 @@ def report(model, tok, questions: int, samples: int, seed: int = 0) -> dict:
     out = {}
     for q, v in sorted(rows.items()):
         named = [x["greedy"] for x in v if x["needle"]]
-        out[q] = {key: float(np.mean([x[key] for x in v])) for key in v[0]}
+        out[q] = {key: mean([x[key] for x in v]) for key in v[0]}
         out[q].update(questions=len(v), if_named=float(np.mean(named)) if named else "-")
     return out
+
+
+def mean(values: list[float]) -> float | str:
+    """The mean over the values that are not nan; `-` when none is."""
+    kept = [x for x in values if x == x]
+    return float(np.mean(kept)) if kept else "-"
 
 
 def main(argv: list[str]) -> int:
@@ -116,7 +146,7 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     result = report(model, tok, args.questions, args.samples, args.seed)
     columns = ["type", "questions", "greedy", "sampled", "distinct", "needle", "colour", "shape",
-               "pair", "count", "if_named"]
+               "pair", "count", "checks", "if_named"]
     print_table([{"type": q, **{k: (f"{v:.3f}" if isinstance(v, float) else v)
                                 for k, v in row.items()}} for q, row in result.items()], columns)
     write_json(args.json, {"by_type": result, "ckpt": args.ckpt, "machine": machine(),

@@ -94,6 +94,30 @@ def test_expert_notes_say_what_each_zoom_showed():
         assert all(t.text.startswith("<tool_call>") for t in plain.turns)
 
 
+def test_expert_check_notes_give_a_verdict_per_asked_object():
+    from framelab.benchmarks.agent_notes import note_checks
+    from framelab.errors import UserError
+
+    for qtype, when_prob in (("when", 1.0), ("what", 0.0)):
+        for i in range(3):
+            ep = episode("train", i, {"lengths": [512], "when_prob": when_prob})
+            meta = ep["meta"]
+            needle = "{colour} {shape}".format(**meta["objects"][0])
+            traj = expert_trajectory(ep, np.random.default_rng(0), miss_prob=1.0,
+                                     note_form="checks")
+            missed, hit = (note_checks(split_call(t.text)[0]) for t in traj.turns[2:])
+            asked = [needle] if qtype == "when" else meta["choices"]
+            assert [n for n, _ in missed] == asked and [n for n, _ in hit] == asked
+            assert not any(yes for _, yes in missed)                  # the miss: all no
+            assert [n for n, yes in hit if yes] == [needle]               # the hit: the needle only
+            if qtype == "what":
+                letter = "ABCD"[meta["choices"].index(needle)]
+                assert f"{letter} {needle} yes" in traj.turns[3].text
+                assert traj.turns[3].call == f"finish({meta['answer']})" == f"finish({letter})"
+    with pytest.raises(UserError, match="note_form"):
+        expert_trajectory(ep, np.random.default_rng(0), note_form="list")
+
+
 def test_budget_drops_frames_then_results_and_keeps_memory(tok):
     r = renderer_for(model(tok), tok)
     ctx = Context(r, budget=None)
@@ -218,12 +242,18 @@ def test_note_scores_compare_names_with_the_zoom(tok):
 
     present = ["blue square", "red circle"]
     s = score_note("seen: blue circle, red circle", present, needle="red circle")
+    assert s.pop("checks") != s["needle"]                              # nan: not a check note
     assert s == {"needle": 1.0, "colour": 1.0, "shape": 1.0, "pair": 0.5, "count": 1.0,
                  "named": 2}
     s = score_note("seen: green ring", present, needle="red circle")
     assert (s["needle"], s["colour"], s["shape"], s["pair"], s["count"]) == (0, 0, 0, 0, 0)
     assert score_note("no note", present, "red circle")["named"] == 0
+    s = score_note("check: A green ring no, B red circle yes, C blue circle yes", present,
+                   needle="red circle")
+    assert (s["needle"], s["pair"], s["named"]) == (1.0, 0.5, 2) and s["checks"] == 2 / 3
+    assert s["count"] != s["count"]                                    # nan: not a list
     out = report(model(tok), tok, questions=4, samples=2)
     assert sum(v["questions"] for v in out.values()) == 4
-    assert all(0.0 <= v[k] <= 1.0 for v in out.values() for k in ("greedy", "sampled", "pair"))
+    assert all(0.0 <= v[k] <= 1.0 for v in out.values() for k in ("greedy", "sampled"))
+    assert all(v[k] == "-" or 0.0 <= v[k] <= 1.0 for v in out.values() for k in ("pair", "checks"))
     assert all(v["if_named"] == "-" or 0.0 <= v["if_named"] <= 1.0 for v in out.values())
