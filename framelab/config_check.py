@@ -82,6 +82,16 @@ def _all_keys(cfg, prefix: str = "") -> list[str]:
     return keys
 
 
+def _set_at_run_time(cfg: DictConfig, key: str) -> bool:
+    """Is `key`'s value an interpolation of hydra's run-time values (`${hydra:...}`)?"""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, throw_on_resolution_failure=False) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return False
+    raw = node._get_node(leaf)._value() if node._get_node(leaf) is not None else None
+    return isinstance(raw, str) and "${hydra:" in raw
+
+
 def _type_problem(default, parsed) -> str | None:
     """Why `parsed` (a typed command-line value) does not fit the default's type, or None."""
     if parsed is None:
@@ -166,6 +176,9 @@ def check(overrides: list[str]) -> DictConfig:
         bare = key.lstrip("+~")
         if bare in groups or key.startswith(("+", "~")) or bare.startswith("hydra"):
             continue
+        if bare in _all_keys(base) and _set_at_run_time(base, bare):
+            raise UserError(f"{bare} is set when the run starts; hydra.run.dir=DIR picks the "
+                            "run's directory (paths.root=DIR the folder runs go under)")
         if OmegaConf.select(base, bare, default="__absent__",
                             throw_on_resolution_failure=False) == "__absent__":
             if _moved(bare):

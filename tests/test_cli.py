@@ -64,6 +64,8 @@ def test_cfg_job_prints_the_resolved_config(capsys):
     (["model=huge"], "valid choices for model=: qwen3-0.6b, qwen3-1.7b, qwen3-8b, small, tiny"),
     (["trainer.max_stesp=3"], "unknown config key 'trainer.max_stesp'; did you mean "
                               "trainer.max_steps"),
+    (["paths.output_dir=/tmp/x"], "paths.output_dir is set when the run starts; "
+                                  "hydra.run.dir=DIR picks the run's directory"),
     (["trainer.max_steps=abc"], "trainer.max_steps: expected an integer"),
     (["module.optim.lr=fast"], "module.optim.lr: expected a number"),
     (["name=???"], "required config value(s) not set: name"),
