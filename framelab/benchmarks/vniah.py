@@ -16,8 +16,16 @@ index alone: the share of questions where the first / any of three spans that `s
 the expert's query overlaps the needle), `gain_at_512_plus` (the agent's mean accuracy minus
 uniform's over the cells with at least 512 frames), `tiou_when` and `tiou_when_512_plus` (agent
 and uniform), `accuracy_what` and `accuracy_what_512_plus` (multiple choice alone),
-`turns_mean`, `questions_per_cell`, `seconds`. `--plot` writes the two heatmaps side by side
-(and their difference); `--tensorboard DIR` logs them as images (`vniah/heatmaps`).
+`turns_mean`, `questions_per_cell`, `seconds`, and `questions`: one row per question (`length`,
+`depth`, `index`, `kind` what / when, `agent` and `uniform` as scored above). `--plot` writes the
+two heatmaps side by side (and their difference); `--tensorboard DIR` logs them as images
+(`vniah/heatmaps`).
+
+`--against BASE.json` compares this checkpoint's agent with the agent of an earlier run's JSON on
+the same questions (same lengths, depths, questions per cell, split and size; e.g. an RL agent
+against its SFT start): the paired difference in accuracy, overall and at >= 512 frames, a 95 %
+bootstrap interval over questions (2000 resamples, seed 0), and how many questions each agent
+alone got right. JSON key `against`.
 """
 from __future__ import annotations
 
@@ -40,7 +48,8 @@ def run_cell(model, tok, length: int, depth: float, n: int, offset: int, args) -
     from framelab.evaluation.temporal import temporal_iou
 
     out = {"agent": [], "uniform": [], "tiou_agent": [], "tiou_uniform": [], "turns": [],
-           "search_top1": [], "search_top3": [], "what_agent": [], "what_uniform": []}
+           "search_top1": [], "search_top3": [], "what_agent": [], "what_uniform": [],
+           "questions": []}
     for j in range(n):
         ep = episode(args.split, offset + j, {"lengths": [length], "depths": [depth],
                                               "size": args.size})
@@ -69,6 +78,50 @@ def run_cell(model, tok, length: int, depth: float, n: int, offset: int, args) -
                 out[name].append(s["accuracy"])
                 out[f"what_{name}"].append(s["accuracy"])
         out["turns"].append(len(agent.turns))
+        out["questions"].append({"length": length, "depth": depth, "index": offset + j,
+                                 "kind": "when" if meta.get("format") == "span" else "what",
+                                 "agent": out["agent"][-1], "uniform": out["uniform"][-1]})
+    return out
+
+
+def paired_difference(a: list[float], b: list[float], resamples: int = 2000,
+                      seed: int = 0) -> dict:
+    """mean(a) - mean(b) over paired scores, with a 95 % bootstrap interval (questions resampled
+    with replacement) and the counts of pairs where one side alone scored."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"paired scores need two equal, non-empty lists ({a.size} vs {b.size})")
+    d = a - b
+    idx = np.random.default_rng(seed).integers(0, d.size, size=(resamples, d.size))
+    boot = d[idx].mean(axis=1)
+    return {"diff": float(d.mean()), "ci95": [float(np.quantile(boot, 0.025)),
+                                              float(np.quantile(boot, 0.975))],
+            "better": int((d > 0).sum()), "worse": int((d < 0).sum()), "n": int(d.size)}
+
+
+def compare(result: dict, base: dict, where: str) -> dict:
+    """This run's agent against `base`'s (a V-NIAH JSON) on the same questions (module docstring).
+    Raises UserError when `base` holds no per-question rows or other questions."""
+    key = lambda q: (q["length"], q["depth"], q["index"])  # noqa: E731
+    rows = base.get("questions") if isinstance(base, dict) else None
+    same = ("lengths", "depths", "questions_per_cell", "split", "size", "iou")
+    if not isinstance(rows, list) or any(base.get(k) != result[k] for k in same):
+        raise UserError(f"--against {where}: not a V-NIAH JSON of the same questions; expected "
+                        f"one written by `framelab bench vniah --json` with "
+                        + ", ".join(f"{k}={result[k]}" for k in same))
+    try:
+        theirs = {key(q): float(q["agent"]) for q in rows}
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"--against {where}: a 'questions' row lacks length, depth, index or "
+                        "agent") from None
+    mine = result["questions"]
+    if sorted(theirs) != sorted(key(q) for q in mine):
+        raise UserError(f"--against {where}: its questions differ from this run's")
+    pair = lambda keep: paired_difference(  # noqa: E731
+        [q["agent"] for q in mine if keep(q)], [theirs[key(q)] for q in mine if keep(q)])
+    out = {"path": where, "all": pair(lambda q: True)}
+    if any(q["length"] >= 512 for q in mine):
+        out["512_plus"] = pair(lambda q: q["length"] >= 512)
     return out
 
 
@@ -131,6 +184,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--plot", nargs="?", const="vniah.png", default=None,
                    help="PNG of the heatmaps (default vniah.png)")
     p.add_argument("--tensorboard", default=None, help="log the heatmaps here as images")
+    p.add_argument("--against", default=None,
+                   help="a V-NIAH JSON of the same questions: paired difference of the agents")
     args = p.parse_args(argv)
     try:
         lengths = [int(x) for x in args.lengths.split(",")]
@@ -142,6 +197,15 @@ def main(argv: list[str]) -> int:
         raise UserError("--lengths must lie in 32..4096 frames and --depths in 0..1")
     if args.per_cell < 1:
         raise UserError(f"--per-cell {args.per_cell}: expected at least 1")
+    base = None
+    if args.against:
+        import json
+        try:
+            with open(args.against) as f:
+                base = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--against {args.against}: cannot read it as JSON ({e}); expected a "
+                            "file written by `framelab bench vniah --json`") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok = load_agent(args.ckpt)
@@ -180,8 +244,9 @@ def main(argv: list[str]) -> int:
                                   for n in lengths],
         "search_top3_by_length": [mean([x for d in depths for x in cells[n, d]["search_top3"]])
                                   for n in lengths],
-        "index": args.features, "ckpt": args.ckpt, "machine": machine(),
-        "seconds": time.perf_counter() - t0,
+        "index": args.features, "split": args.split, "size": args.size, "iou": args.iou,
+        "ckpt": args.ckpt, "machine": machine(), "seconds": time.perf_counter() - t0,
+        "questions": [q for c in cells.values() for q in c["questions"]],
     }
     print_table([{"frames": n, "agent": f"{a:.3f}", "uniform": f"{u:.3f}", "search@1": f"{s1:.2f}",
                   "search@3": f"{s3:.2f}"}
@@ -196,6 +261,13 @@ def main(argv: list[str]) -> int:
           f"uniform {result['tiou_when']['uniform']}")
     print(f"accuracy_what: agent {result['accuracy_what']['agent']}, "
           f"uniform {result['accuracy_what']['uniform']}")
+    if base is not None:
+        result["against"] = compare(result, base, args.against)
+        for part, c in result["against"].items():
+            if part != "path":
+                print(f"against {args.against} ({part}): agent {c['diff']:+.3f} "
+                      f"[95% {c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], right here only "
+                      f"{c['better']}, there only {c['worse']}, of {c['n']}")
     if args.plot or args.tensorboard:
         plot(result, args.plot, args.tensorboard)
     write_json(args.json, result)
