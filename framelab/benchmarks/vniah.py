@@ -23,7 +23,8 @@ two heatmaps side by side (and their difference); `--tensorboard DIR` logs them 
 
 `--against BASE.json` compares this checkpoint's agent with the agent of an earlier run's JSON on
 the same questions (same lengths, depths, questions per cell, split and size; e.g. an RL agent
-against its SFT start): the paired difference in accuracy, overall and at >= 512 frames, a 95 %
+against its SFT start): the paired difference in accuracy, overall, at >= 512 frames and for
+"what" and "when" questions on their own, a 95 %
 bootstrap interval over questions (2000 resamples, seed 0), and how many questions each agent
 alone got right. JSON key `against`.
 """
@@ -119,9 +120,10 @@ def compare(result: dict, base: dict, where: str) -> dict:
         raise UserError(f"--against {where}: its questions differ from this run's")
     pair = lambda keep: paired_difference(  # noqa: E731
         [q["agent"] for q in mine if keep(q)], [theirs[key(q)] for q in mine if keep(q)])
-    out = {"path": where, "all": pair(lambda q: True)}
-    if any(q["length"] >= 512 for q in mine):
-        out["512_plus"] = pair(lambda q: q["length"] >= 512)
+    parts = {"all": lambda q: True, "512_plus": lambda q: q["length"] >= 512,
+             "what": lambda q: q["kind"] == "what", "when": lambda q: q["kind"] == "when"}
+    out = {"path": where}
+    out.update({name: pair(keep) for name, keep in parts.items() if any(map(keep, mine))})
     return out
 
 

@@ -33,6 +33,7 @@ def test_compare_pairs_questions_by_cell_and_index():
     out = compare(mine, json.loads(json.dumps(base)), "sft.json")
     assert out["all"]["diff"] == pytest.approx(0.25) and out["all"]["better"] == 2
     assert out["512_plus"]["n"] == 4 and out["512_plus"]["diff"] == pytest.approx(0.25)
+    assert out["what"] == out["all"] and "when" not in out        # every row here is "what"
     short = compare(result([1, 1], lengths=(64,)), result([1, 0], lengths=(64,)), "b.json")
     assert "512_plus" not in short
 
