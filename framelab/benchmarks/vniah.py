@@ -24,9 +24,9 @@ two heatmaps side by side (and their difference); `--tensorboard DIR` logs them 
 `--against BASE.json` compares this checkpoint's agent with the agent of an earlier run's JSON on
 the same questions (same lengths, depths, questions per cell, split and size; e.g. an RL agent
 against its SFT start): the paired difference in accuracy, overall, at >= 512 frames and for
-"what" and "when" questions on their own, a 95 %
-bootstrap interval over questions (2000 resamples, seed 0), and how many questions each agent
-alone got right. JSON key `against`.
+"what" and "when" questions on their own, a 95 % bootstrap interval over questions (2000
+resamples, seed 0), and how many questions each agent alone got right. JSON key `against`. A
+JSON of other questions is refused before any work.
 """
 from __future__ import annotations
 
@@ -100,16 +100,25 @@ def paired_difference(a: list[float], b: list[float], resamples: int = 2000,
             "better": int((d > 0).sum()), "worse": int((d < 0).sum()), "n": int(d.size)}
 
 
+SAME = ("lengths", "depths", "questions_per_cell", "split", "size", "iou")  # what fixes the questions
+
+
+def check_same_questions(header: dict, base: dict, where: str) -> list:
+    """`base`'s per-question rows, or UserError when `base` is not a V-NIAH JSON of the questions
+    that `header` (this run's SAME keys) asks. Run before any work, and again by `compare`."""
+    rows = base.get("questions") if isinstance(base, dict) else None
+    if not isinstance(rows, list) or any(base.get(k) != header[k] for k in SAME):
+        raise UserError(f"--against {where}: not a V-NIAH JSON of the same questions; expected "
+                        f"one written by `framelab bench vniah --json` with "
+                        + ", ".join(f"{k}={header[k]}" for k in SAME))
+    return rows
+
+
 def compare(result: dict, base: dict, where: str) -> dict:
     """This run's agent against `base`'s (a V-NIAH JSON) on the same questions (module docstring).
     Raises UserError when `base` holds no per-question rows or other questions."""
     key = lambda q: (q["length"], q["depth"], q["index"])  # noqa: E731
-    rows = base.get("questions") if isinstance(base, dict) else None
-    same = ("lengths", "depths", "questions_per_cell", "split", "size", "iou")
-    if not isinstance(rows, list) or any(base.get(k) != result[k] for k in same):
-        raise UserError(f"--against {where}: not a V-NIAH JSON of the same questions; expected "
-                        f"one written by `framelab bench vniah --json` with "
-                        + ", ".join(f"{k}={result[k]}" for k in same))
+    rows = check_same_questions(result, base, where)
     try:
         theirs = {key(q): float(q["agent"]) for q in rows}
     except (KeyError, TypeError, ValueError):
@@ -208,6 +217,9 @@ def main(argv: list[str]) -> int:
         except (OSError, ValueError) as e:
             raise UserError(f"--against {args.against}: cannot read it as JSON ({e}); expected a "
                             "file written by `framelab bench vniah --json`") from None
+        check_same_questions({"lengths": lengths, "depths": depths,
+                              "questions_per_cell": args.per_cell, "split": args.split,
+                              "size": args.size, "iou": args.iou}, base, args.against)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok = load_agent(args.ckpt)

@@ -53,11 +53,13 @@ def test_compare_refuses_other_questions_with_one_line(spoil):
     assert "--against base.json" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_an_unreadable_against_file_is_one_line_before_any_work(tmp_path, capsys):
+def test_a_bad_against_file_is_one_line_before_any_work(tmp_path, capsys):
     from framelab.cli import main
-    bad = tmp_path / "v.json"
+    bad, other = tmp_path / "v.json", tmp_path / "w.json"
     bad.write_text("{not json")
-    assert main(["bench", "vniah", "--ckpt", str(tmp_path / "none.ckpt"), "--against",
-                 str(bad)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("framelab: error: --against") and "JSON" in err[0]
+    other.write_text(json.dumps(result([1, 0])))      # 1 question per cell, lengths 64 and 512
+    for path, says in ((bad, "cannot read it as JSON"), (other, "questions_per_cell=4")):
+        assert main(["bench", "vniah", "--ckpt", str(tmp_path / "none.ckpt"), "--against",
+                     str(path)]) == 2                 # refused before the checkpoint is read
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("framelab: error: --against") and says in err[0]
