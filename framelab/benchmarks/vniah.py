@@ -208,6 +208,8 @@ def main(argv: list[str]) -> int:
         raise UserError("--lengths must lie in 32..4096 frames and --depths in 0..1")
     if args.per_cell < 1:
         raise UserError(f"--per-cell {args.per_cell}: expected at least 1")
+    header = {"lengths": lengths, "depths": depths, "questions_per_cell": args.per_cell,
+              "split": args.split, "size": args.size, "iou": args.iou}     # the SAME keys
     base = None
     if args.against:
         import json
@@ -217,9 +219,7 @@ def main(argv: list[str]) -> int:
         except (OSError, ValueError) as e:
             raise UserError(f"--against {args.against}: cannot read it as JSON ({e}); expected a "
                             "file written by `framelab bench vniah --json`") from None
-        check_same_questions({"lengths": lengths, "depths": depths,
-                              "questions_per_cell": args.per_cell, "split": args.split,
-                              "size": args.size, "iou": args.iou}, base, args.against)
+        check_same_questions(header, base, args.against)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok = load_agent(args.ckpt)
@@ -239,8 +239,7 @@ def main(argv: list[str]) -> int:
     every = lambda n: True  # noqa: E731
     a512, u512 = pool("agent", long), pool("uniform", long)
     result = {
-        "lengths": lengths, "depths": depths, "frames": args.frames,
-        "questions_per_cell": args.per_cell, "agent": agent, "uniform": uniform,
+        **header, "frames": args.frames, "agent": agent, "uniform": uniform,
         "agent_by_length": [float(np.mean(r)) for r in agent],
         "uniform_by_length": [float(np.mean(r)) for r in uniform],
         "agent_mean": mean(pool("agent", every)), "uniform_mean": mean(pool("uniform", every)),
@@ -258,8 +257,7 @@ def main(argv: list[str]) -> int:
                                   for n in lengths],
         "search_top3_by_length": [mean([x for d in depths for x in cells[n, d]["search_top3"]])
                                   for n in lengths],
-        "index": args.features, "split": args.split, "size": args.size, "iou": args.iou,
-        "ckpt": args.ckpt, "machine": machine(), "seconds": time.perf_counter() - t0,
+        "index": args.features, "ckpt": args.ckpt, "machine": machine(), "seconds": time.perf_counter() - t0,
         "questions": [q for c in cells.values() for q in c["questions"]],
     }
     print_table([{"frames": n, "agent": f"{a:.3f}", "uniform": f"{u:.3f}", "search@1": f"{s1:.2f}",
