@@ -10,7 +10,9 @@
   video placeholders are suppressed, log-prob -inf) before it uses them. The search
   index of a video is built once and shared by its G samples. Rewards:
   `module.rl.rewards`, by default `agent_answer` (letter accuracy, temporal IoU for "when") and
-  `agent_turns` at a small weight (a cost per tool call) (`framelab.agent.rewards`).
+  `agent_turns` at a small weight (a cost per tool call) (`framelab.agent.rewards`). With
+  `agent.guide`, each group's last sample is the expert's episode on the real tools when it
+  finds the needle (`framelab.agent.guide`), scored under the current policy.
 
 Validation (and `framelab test`) runs the agent greedily on up to `agent.val_episodes` episodes:
 `val/agent/accuracy` (multiple choice), `val/agent/tiou` ("when"), `val/agent/score` (either, per
@@ -25,6 +27,7 @@ import torch
 
 from framelab.agent.rewards import score  # also registers agent_answer and agent_turns
 from framelab.agent.data import as_tensor
+from framelab.agent.guide import guided_sample, put_guides
 from framelab.agent.loop import FORCED, AgentConfig, answer_of, renderer_for, run_agent, \
     split_call, start_context
 from framelab.agent.tools import NO_CALL, ToolResult, Toolbox
@@ -40,7 +43,7 @@ from framelab.rl.rollout import Rollout, rollout
 
 STAGES = ("sft", "rl")
 AGENT_DEFAULTS = {"max_turns": 5, "max_new_tokens": 48, "overview": 8, "budget": 2048, "k": 3,
-                  "text_weight": 0.5, "index": "tower", "val_episodes": 32}
+                  "text_weight": 0.5, "index": "tower", "val_episodes": 32, "guide": False}
 
 
 class AgentModule(PolicyStages, FramelabModule):
@@ -71,6 +74,7 @@ class AgentModule(PolicyStages, FramelabModule):
         self.tokens: dict[str, int] = {}
         self.tokenizer = None
         self._val: list[dict] = []
+        self.expert_notes = {"notes": True, "note_form": "names"}   # the data's, for guides
 
     # ---- model --------------------------------------------------------------------------------
     def on_datamodule(self, dm) -> None:
@@ -78,6 +82,8 @@ class AgentModule(PolicyStages, FramelabModule):
             dm.setup("fit")
         if dm is not None:
             self.tokenizer = getattr(dm, "tokenizer", None)
+            self.expert_notes = {"notes": bool(getattr(dm, "notes", True)),
+                                 "note_form": str(getattr(dm, "note_form", "names"))}
 
     def model_config(self, dm, init_spec):
         return world_model_spec(self.model_cfg, dm, init_spec,
@@ -165,6 +171,8 @@ class AgentModule(PolicyStages, FramelabModule):
                      top_k=cfg["top_k"], top_p=cfg["top_p"], stop_tokens=self.stop_tokens(),
                      generator=self.generator(), tool=tool, tool_stop=self.tokens[TOOL_CALL_END],
                      max_turns=turns, max_total=cfg["max_total"])
+        if self.agent_cfg["guide"]:
+            self.guide(ro, docs, shared, r, turns)
         self.model.train(was_training)
         ro.extra["doc"] = [docs[k] for k in ro.group]
         ro.extra["text"] = [self.decode_text(c) for c in ro.completions]
@@ -173,7 +181,37 @@ class AgentModule(PolicyStages, FramelabModule):
         ro.extra["reward"] = total.tolist()
         for name, values in terms.items():
             ro.extra[f"term/{name}"] = values.tolist()
+        if self.agent_cfg["guide"]:
+            guided = [x for x, on in zip(ro.extra["reward"], ro.extra["guided"]) if on]
+            self.log("train/rl/guided_groups", len(guided) / max(1, len(docs)))
+            if guided:
+                self.log("train/rl/guided_reward", sum(guided) / len(guided))
         return ro
+
+    def guide(self, ro: Rollout, docs: list[dict], shared: list[Toolbox], r, turns: int) -> None:
+        """Each group's last sample becomes the expert's episode on the real tools when it finds
+        the needle (`framelab.agent.guide`); its behaviour log-probs are the current policy's."""
+        cfg = self.rl_cfg
+        guides = [guided_sample(r, Toolbox(self.model, self.tokenizer, d["frames"], d["fps"],
+                                           k=box.k, text_weight=box.text_weight,
+                                           index=box.get_index()),
+                                d["meta"], turns, int(cfg["max_new_tokens"]), **self.expert_notes)
+                  for d, box in zip(docs, shared)]
+        guides = [s if s is not None and (cfg["max_total"] is None or len(d["prompt"]) +
+                                          len(s.completion) <= int(cfg["max_total"])) else None
+                  for d, s in zip(docs, guides)]
+        idx = put_guides(ro, [d["videos"] for d in docs], guides)
+        if not idx:
+            return
+        part = Rollout([ro.prompts[i] for i in idx], [ro.videos[i] for i in idx],
+                       [ro.completions[i] for i in idx], [ro.loss_mask[i] for i in idx],
+                       [ro.logprobs[i] for i in idx], [True] * len(idx), [False] * len(idx),
+                       [ro.turns[i] for i in idx], list(range(len(idx))), 1)
+        scored = self.score_chunk(part, with_grad=False)
+        logp, real = scored["logp"], scored["packed"].mask
+        for j, i in enumerate(idx):
+            ro.logprobs[i] = [x if m else 0.0 for x, m in zip(logp[j][real[j]].tolist(),
+                                                              ro.loss_mask[i])]
 
     # ---- validation ----------------------------------------------------------------------------
     def evaluate(self, batch, split: str):
