@@ -46,7 +46,6 @@ class Guided:
     loss_mask: list[bool]
     videos: list[torch.Tensor]      # the zooms' frames, in order
     turns: int                      # assistant turns (decode calls a rollout would make)
-    answer: str
 
 
 def listed_spans(text: str) -> list[tuple[str, str]]:
@@ -116,7 +115,7 @@ def guided_sample(r: Renderer, box: Toolbox, meta: dict, max_turns: int,
                 write(r.text(note) + r.call(f"finish({answer})"), True)
             if max_new_tokens is not None and longest > max_new_tokens:
                 return None
-            return Guided(ids, mask, videos, calls + 1, answer)
+            return Guided(ids, mask, videos, calls + 1)
     return None
 
 

@@ -192,10 +192,8 @@ class AgentModule(PolicyStages, FramelabModule):
         """Each group's last sample becomes the expert's episode on the real tools when it finds
         the needle (`framelab.agent.guide`); its behaviour log-probs are the current policy's."""
         cfg = self.rl_cfg
-        guides = [guided_sample(r, Toolbox(self.model, self.tokenizer, d["frames"], d["fps"],
-                                           k=box.k, text_weight=box.text_weight,
-                                           index=box.get_index()),
-                                d["meta"], turns, int(cfg["max_new_tokens"]), **self.expert_notes)
+        guides = [guided_sample(r, box, d["meta"], turns, int(cfg["max_new_tokens"]),
+                                **self.expert_notes)          # search and zoom: no sample state
                   for d, box in zip(docs, shared)]
         guides = [s if s is not None and (cfg["max_total"] is None or len(d["prompt"]) +
                                           len(s.completion) <= int(cfg["max_total"])) else None
