@@ -169,6 +169,14 @@ PAPER = {
                      "callbacks.curriculum.phases=[{step: 0, stage: vision, max_frames: 2, "
                      "max_tokens: 3072}, {step: 6, stage: sft, max_frames: 4, max_tokens: 768}]",
                      "trainer.enable_progress_bar=false"],
+    # the MCR agent's SFT: episodes generated on the fly in a shuffled order whose place the
+    # datamodule keeps; 6 batches an epoch, so the resumed run finishes its first epoch, runs a
+    # whole second one (as long as the first: Lightning counts it by the loader's length) and
+    # starts a third
+    "agent_sft": ["experiment=agent_sft", "logger=csv", "trainer.log_every_n_steps=1",
+                  "trainer.limit_val_batches=0", "callbacks.model_checkpoint.every_n_train_steps=3",
+                  "data.lengths=[64]", "data.samples={train:12,val:4,test:4}", "data.batch_size=2",
+                  "trainer.enable_progress_bar=false"],
 }
 
 

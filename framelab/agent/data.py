@@ -36,7 +36,9 @@ the uniform-sampling baseline of `framelab bench vniah`.
 model's own tokens only) and packs a batch into one row (`input_ids`, `labels`, `cu_seqlens`,
 `videos` in placeholder order) with the raw `episodes` (frames, fps, question, meta) that the RL
 stage and validation run the agent on. Samples are generated on the fly from (split, index):
-deterministic, nothing downloaded.
+deterministic, nothing downloaded. Training takes them in `EpisodeOrder` (framelab.agent.order)
+and keeps its place in it as the datamodule's state, so a resumed run goes on with the next
+episodes.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from framelab.agent.context import Renderer
 from framelab.agent.loop import FORCED, Trajectory, Turn
+from framelab.agent.order import EpisodeOrder
 from framelab.agent.tools import fmt_spans, zoom_indices
 from framelab.datamodules.special_tokens import PAD, special_token_ids
 from framelab.datamodules.tokenizer import ensure_tokenizer
@@ -162,6 +165,9 @@ class _Episodes(Dataset):
         return self.size
 
     def __getitem__(self, i):
+        if isinstance(i, tuple):                    # training: (epoch, places taken, index)
+            epoch, taken, index = i
+            return {**self.dm.item(self.split, index), "place": (epoch, taken)}
         return self.dm.item(self.split, i)
 
 
@@ -196,6 +202,7 @@ class AgentDataModule(L.LightningDataModule):
         self.tokenizer = None
         self.special_ids: dict[str, int] = {}
         self.renderer: Renderer | None = None
+        self.position: tuple[int, int] | None = None     # training (epoch, episodes taken)
 
     # ---- what the modules read ----------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -237,24 +244,50 @@ class AgentDataModule(L.LightningDataModule):
         labels = [t for it in items for t in it["labels"]]
         cu = torch.zeros(len(items) + 1, dtype=torch.int32)
         cu[1:] = torch.tensor(np.cumsum([len(it["input_ids"]) for it in items]), dtype=torch.int32)
-        return {"input_ids": torch.tensor(ids)[None], "labels": torch.tensor(labels)[None],
-                "cu_seqlens": cu, "videos": [v for it in items for v in it["videos"]],
-                "episodes": [it["episode"] for it in items]}
+        batch = {"input_ids": torch.tensor(ids)[None], "labels": torch.tensor(labels)[None],
+                 "cu_seqlens": cu, "videos": [v for it in items for v in it["videos"]],
+                 "episodes": [it["episode"] for it in items]}
+        if "place" in items[0]:
+            batch["_position"] = max(it["place"] for it in items)
+        return batch
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
+    def _loader(self, split: str, batch_size: int, sampler=None) -> DataLoader:
         return DataLoader(_Episodes(self, split, int(self.samples.get(split, 0))),
-                          batch_size=batch_size, shuffle=shuffle, generator=g,
-                          collate_fn=self.collate, num_workers=self.num_workers)
+                          batch_size=batch_size, sampler=sampler, collate_fn=self.collate,
+                          num_workers=self.num_workers)
 
     def train_dataloader(self):
-        return self._loader("train", True, self.batch_size)
+        """Episodes in `EpisodeOrder` (framelab.agent.order), from the position a resumed run
+        left off at."""
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        order = EpisodeOrder(int(self.samples.get("train", 0)), self.seed, rank, world)
+        order.resume_at = self.position
+        return self._loader("train", self.batch_size, order)
 
     def val_dataloader(self):
-        return self._loader("val", False, self.val_batch_size)
+        return self._loader("val", self.val_batch_size)
 
     def test_dataloader(self):
-        return self._loader("test", False, self.val_batch_size)
+        return self._loader("test", self.val_batch_size)
+
+    # ---- the training position (kept in checkpoints by Lightning) ------------------------------
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, dict) and "_position" in batch:
+            self.position = tuple(int(x) for x in batch.pop("_position"))
+        return batch
+
+    def state_dict(self) -> dict:
+        return {} if self.position is None else {"epoch": self.position[0],
+                                                 "taken": self.position[1], "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        if state.get("seed", self.seed) != self.seed:
+            raise UserError(f"the checkpoint's agent data was drawn with data.seed={state['seed']}, "
+                            f"not {self.seed}; resume with the same seed for the same episodes")
+        self.position = (int(state["epoch"]), int(state["taken"]))
 
     @property
     def pad_id(self) -> int:
