@@ -43,6 +43,7 @@ episodes.
 from __future__ import annotations
 
 import math
+import warnings
 
 import lightning as L
 import numpy as np
@@ -259,6 +260,10 @@ class AgentDataModule(L.LightningDataModule):
     def train_dataloader(self):
         """Episodes in `EpisodeOrder` (framelab.agent.order), from the position a resumed run
         left off at."""
+        # Lightning warns on a mid-epoch resume unless the loader itself is stateful; this one's
+        # place is the datamodule's state, restored before the loader is built
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended "
+                                "before the epoch ended")
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         order = EpisodeOrder(int(self.samples.get("train", 0)), self.seed, rank, world)
