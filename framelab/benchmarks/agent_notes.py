@@ -1,10 +1,12 @@
-"""`framelab bench agent_notes --ckpt CKPT [--questions 120] [--samples 4] [--json PATH]`: what an
-agent makes of the right zoom.
+"""`framelab bench agent_notes --ckpt CKPT [--zoom right|miss] [--questions 120] [--samples 4]
+[--json PATH]`: what an agent makes of a zoom, the right one or one that missed.
 
 For each held-out `needle` question (test split, the benchmark's six lengths and five depths) the
-expert's trajectory (`framelab.agent.data.expert_trajectory`, no miss, no direct answer) is
-forced up to and including its zoom on the needle's span; the agent then writes the next turn (a
-note of what the zoom showed, with notes, and a call) once greedily and `--samples` times at
+expert's trajectory (`framelab.agent.data.expert_trajectory`, no direct answer) is forced up to
+and including its first zoom: with `--zoom right` (the default) a zoom on the needle's span; with
+`--zoom miss` a zoom on a span away from it, the needle's span listed second by the search (the
+expert's miss, whose next call zooms on that span). The agent then writes the next turn (a note
+of what the zoom showed, with notes, and a call) once greedily and `--samples` times at
 temperature 1. Printed, by question type ("what" / "when"):
 
 - `greedy` / `sampled`: the answer's score (the letter; temporal IoU for "when") from that
@@ -17,7 +19,13 @@ temperature 1. Printed, by question type ("what" / "when"):
   objects are those it says yes to, `checks` is the share of its verdicts that are right and
   `count` is `-`;
 - `if_named`: the greedy answer's score over the questions whose note names the needle (can
-  the agent use a right note?), `-` when no note does.
+  the agent use a right note?), `-` when no note does;
+- `zooms`: the share of greedy next calls that zoom again (after a miss, the expert's move);
+  `zooms_if_unnamed`: that share over the questions whose note does not name the needle (does
+  the agent follow its own note?), `-` when every note does.
+
+After a miss the zoom does not show the needle, so there `needle` is the share of notes that
+name an object the zoom does not show, and the scores are those of answering from a wrong span.
 
 An agent trained without notes (`data.notes=false`) writes none: its note figures are 0.
 """
@@ -78,10 +86,25 @@ def score_note(note: str, present: list[str], needle: str) -> dict:
             if checks else float("nan"), "named": len(got)}
 
 
+def forced_zoom(ep: dict, rng: np.random.Generator, zoom: str = "right"):
+    """(the expert's trajectory up to and including its first zoom, the expert's next turn) for
+    an episode: the zoom on the needle's span (`right`) or on a span away from it (`miss`); None
+    for `miss` when the video has no span away from the needle's."""
+    from framelab.agent.data import expert_trajectory
+
+    traj = expert_trajectory(ep, rng, miss_prob=float(zoom == "miss"), direct_prob=0.0)
+    if zoom == "miss":
+        if not traj.meta["miss"]:
+            return None
+        traj.turns.pop()                                        # the finish after the right zoom
+    return traj, traj.turns.pop().text
+
+
 @torch.no_grad()
-def report(model, tok, questions: int, samples: int, seed: int = 0) -> dict:
-    """The figures of the module docstring, per question type."""
-    from framelab.agent.data import as_tensor, episode, expert_trajectory
+def report(model, tok, questions: int, samples: int, seed: int = 0, zoom: str = "right") -> dict:
+    """The figures of the module docstring, per question type, after the right zoom or a miss
+    (`zoom`); a question whose video has no span away from the needle's is left out of `miss`."""
+    from framelab.agent.data import as_tensor, episode
     from framelab.agent.loop import AgentConfig, answer_of, renderer_for, split_call
     from framelab.agent.rewards import score
     from framelab.datamodules.special_tokens import IM_END, TOOL_CALL_END
@@ -93,11 +116,12 @@ def report(model, tok, questions: int, samples: int, seed: int = 0) -> dict:
     rows: dict[str, list[dict]] = {}
     for i in range(questions):
         ep = episode("test", i, PARAMS)
-        traj = expert_trajectory(ep, np.random.default_rng([seed, i]), miss_prob=0.0,
-                                 direct_prob=0.0)
-        want = split_call(traj.turns.pop().text)[0]
+        forced = forced_zoom(ep, np.random.default_rng([seed, i]), zoom)
+        if forced is None:
+            continue
+        traj, want = forced[0], split_call(forced[1])[0]
         prompt = traj.context(r, as_tensor(ep["frames"]), ep["fps"]).render()
-        outcomes, note = [], ""
+        outcomes, note, zooms = [], "", 0.0
         for k, temperature in enumerate([0.0] + [1.0] * samples):
             out = decode(model, [prompt.ids], AgentConfig.max_new_tokens, videos=[prompt.videos],
                          temperature=temperature, generator=gen,
@@ -105,17 +129,20 @@ def report(model, tok, questions: int, samples: int, seed: int = 0) -> dict:
                          suppress_tokens=suppressed(model))
             text, call = split_call(r.decode(out.tokens[0]))
             outcomes.append(round(score(answer_of(call), ep["meta"])["score"], 3))
-            note = text if k == 0 else note
+            if k == 0:
+                note, zooms = text, float((call or "").startswith("zoom("))
         needle = "{colour} {shape}".format(**ep["meta"]["objects"][0])
         row = {"greedy": outcomes[0], "sampled": float(np.mean(outcomes[1:] or [0.0])),
                "distinct": float(len(set(outcomes[1:])) > 1),
-               **score_note(note, note_names(want), needle)}
+               **score_note(note, note_names(want), needle), "zooms": zooms}
         rows.setdefault(ep["meta"]["qtype"], []).append(row)
     out = {}
     for q, v in sorted(rows.items()):
         named = [x["greedy"] for x in v if x["needle"]]
+        unnamed = [x["zooms"] for x in v if not x["needle"]]
         out[q] = {key: mean([x[key] for x in v]) for key in v[0]}
-        out[q].update(questions=len(v), if_named=float(np.mean(named)) if named else "-")
+        out[q].update(questions=len(v), if_named=float(np.mean(named)) if named else "-",
+                      zooms_if_unnamed=float(np.mean(unnamed)) if unnamed else "-")
     return out
 
 
@@ -131,6 +158,8 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="framelab bench agent_notes",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", required=True, help="an agent checkpoint (experiment=agent_sft/rl)")
+    p.add_argument("--zoom", choices=("right", "miss"), default="right",
+                   help="the forced zoom: on the needle's span, or on a span away from it")
     p.add_argument("--questions", type=int, default=120)
     p.add_argument("--samples", type=int, default=4, help="samples at temperature 1 a question")
     p.add_argument("--seed", type=int, default=0)
@@ -144,11 +173,12 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     model, tok = load_agent(args.ckpt)
     t0 = time.perf_counter()
-    result = report(model, tok, args.questions, args.samples, args.seed)
+    result = report(model, tok, args.questions, args.samples, args.seed, args.zoom)
     columns = ["type", "questions", "greedy", "sampled", "distinct", "needle", "colour", "shape",
-               "pair", "count", "checks", "if_named"]
+               "pair", "count", "checks", "if_named", "zooms", "zooms_if_unnamed"]
     print_table([{"type": q, **{k: (f"{v:.3f}" if isinstance(v, float) else v)
                                 for k, v in row.items()}} for q, row in result.items()], columns)
-    write_json(args.json, {"by_type": result, "ckpt": args.ckpt, "machine": machine(),
+    write_json(args.json, {"by_type": result, "ckpt": args.ckpt, "zoom": args.zoom,
+                           "machine": machine(),
                            "seconds": time.perf_counter() - t0})
     return 0

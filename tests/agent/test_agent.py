@@ -257,3 +257,22 @@ def test_note_scores_compare_names_with_the_zoom(tok):
     assert all(0.0 <= v[k] <= 1.0 for v in out.values() for k in ("greedy", "sampled"))
     assert all(v[k] == "-" or 0.0 <= v[k] <= 1.0 for v in out.values() for k in ("pair", "checks"))
     assert all(v["if_named"] == "-" or 0.0 <= v["if_named"] <= 1.0 for v in out.values())
+    miss = report(model(tok), tok, questions=4, samples=1, zoom="miss")
+    assert all(0.0 <= v["zooms"] <= 1.0 for v in miss.values())
+
+
+def test_a_forced_miss_zooms_away_from_the_needle_and_the_expert_goes_on():
+    from framelab.benchmarks.agent_notes import PARAMS, forced_zoom
+    from framelab.evaluation.temporal import parse_span, temporal_iou
+
+    for i in range(6):
+        ep = episode("test", i, PARAMS)
+        truth = ep["meta"]["spans"]
+        right, after_right = forced_zoom(ep, np.random.default_rng(i), "right")
+        miss, after_miss = forced_zoom(ep, np.random.default_rng(i), "miss")
+        assert temporal_iou(tuple(right.turns[-1].span), truth) > 0
+        assert temporal_iou(tuple(miss.turns[-1].span), truth) == 0
+        assert [t.call.split("(")[0] for t in miss.turns] == ["search", "zoom"]
+        listed = [parse_span(x) for x in miss.turns[0].result.split(", ")]
+        assert temporal_iou(listed[1], truth) > 0                  # the needle's span listed second
+        assert "finish(" in after_right and "<tool_call>zoom(" in after_miss
