@@ -283,16 +283,27 @@ class AgentDataModule(L.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict:
-        return {} if self.position is None else {"epoch": self.position[0],
-                                                 "taken": self.position[1], "seed": self.seed}
+        if self.position is None:
+            return {}
+        return {"epoch": self.position[0], "taken": self.position[1], "seed": self.seed,
+                "train": int(self.samples.get("train", 0))}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return
-        if state.get("seed", self.seed) != self.seed:
-            raise UserError(f"the checkpoint's agent data was drawn with data.seed={state['seed']}, "
-                            f"not {self.seed}; resume with the same seed for the same episodes")
-        self.position = (int(state["epoch"]), int(state["taken"]))
+        try:
+            epoch, taken = int(state["epoch"]), int(state["taken"])
+            seed, train = int(state["seed"]), int(state["train"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"the checkpoint's agent data position {state!r} is not one "
+                            "AgentDataModule writes ({epoch, taken, seed, train} as integers); "
+                            "resume from a checkpoint of an agent run, or start a new run") from None
+        for key, saved, now in (("seed", seed, self.seed),
+                                ("samples.train", train, self.samples.get("train", 0))):
+            if saved != now:
+                raise UserError(f"the checkpoint's agent data was drawn with data.{key}={saved}, "
+                                f"not {now}; resume with the same data for the same episodes")
+        self.position = (epoch, taken)
 
     @property
     def pad_id(self) -> int:

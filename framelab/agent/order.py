@@ -10,9 +10,8 @@ seed, then `RandomSampler`'s permutations), so on one device the order is the on
 
 With several ranks, rank r takes places r, r + world, r + 2 world, ... of the epoch's order, in
 whole rounds (an epoch's last places that would leave a rank without its share are dropped, so
-every rank runs the same number of batches). The
-sampler is a `DistributedSampler`, so Lightning leaves that split to it instead of wrapping it in
-its own (which would shuffle the order again). Each index it yields comes with the number of
+every rank runs the same number of batches). The sampler is a `DistributedSampler`, so Lightning
+leaves that split to it instead of wrapping it in its own (which would shuffle the order again). Each index it yields comes with the number of
 places all ranks have taken once this one is taken; the batch carries the largest, and the
 datamodule keeps it as its position (`AgentDataModule.state_dict`). A run resumed from a
 checkpoint starts its epoch at that place, with the same or another number of ranks.

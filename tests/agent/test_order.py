@@ -69,12 +69,18 @@ def test_the_datamodule_resumes_at_the_next_episode_and_refuses_another_seed(cac
         batches.append(handed["input_ids"])
         if len(batches) == 2:
             state = first.state_dict()
-    assert state == {"epoch": 0, "taken": 6, "seed": 0} and len(batches) == 4
+    assert state == {"epoch": 0, "taken": 6, "seed": 0, "train": 10} and len(batches) == 4
     resumed = datamodule(cache)
     resumed.load_state_dict(state)
     rest = [resumed.on_before_batch_transfer(b, 0)["input_ids"] for b in resumed.train_dataloader()]
     assert len(rest) == 2 and all(torch.equal(a, b) for a, b in zip(rest, batches[2:]))
-    assert resumed.state_dict() == {"epoch": 0, "taken": 10, "seed": 0}
+    assert resumed.state_dict() == {"epoch": 0, "taken": 10, "seed": 0, "train": 10}
     assert datamodule(cache).state_dict() == {}               # nothing taken: nothing to keep
     with pytest.raises(UserError, match="data.seed=0, not 1"):
         datamodule(cache, seed=1).load_state_dict(state)
+    other = AgentDataModule(lengths=[64], samples={"train": 12}, cache_dir=cache)
+    with pytest.raises(UserError, match="data.samples.train=10, not 12"):
+        other.load_state_dict(state)
+    for bad in ({"epoch": 0}, {**state, "taken": "six"}, {**state, "seed": None}):
+        with pytest.raises(UserError, match="is not one AgentDataModule writes"):
+            datamodule(cache).load_state_dict(bad)
