@@ -170,9 +170,8 @@ PAPER = {
                      "max_tokens: 3072}, {step: 6, stage: sft, max_frames: 4, max_tokens: 768}]",
                      "trainer.enable_progress_bar=false"],
     # the MCR agent's SFT: episodes generated on the fly in a shuffled order whose place the
-    # datamodule keeps; 6 batches an epoch, so the resumed run finishes its first epoch, runs a
-    # whole second one (as long as the first: Lightning counts it by the loader's length) and
-    # starts a third
+    # datamodule keeps; 6 batches an epoch, so the resumed run finishes its first epoch and runs
+    # a whole second one (as long as the first: Lightning counts it by the loader's length)
     "agent_sft": ["experiment=agent_sft", "logger=csv", "trainer.log_every_n_steps=1",
                   "trainer.limit_val_batches=0", "callbacks.model_checkpoint.every_n_train_steps=3",
                   "data.lengths=[64]", "data.samples={train:12,val:4,test:4}", "data.batch_size=2",
@@ -213,3 +212,30 @@ def test_paper_experiments_resume_exactly_after_sigterm(tmp_path, experiment):
     assert sorted(second) == list(range(max(first) + 1, steps))
     for step, (loss, _) in {**first, **second}.items():
         assert loss == reference[step][0], (step, loss, reference[step][0])
+
+
+@pytest.mark.slow
+def test_agent_runs_resume_at_an_epoch_end_and_inside_the_next_with_a_worker(tmp_path):
+    """A loader with workers draws its first episodes as soon as Lightning iterates it, before
+    Lightning sets the epoch of the run it resumes: runs resumed from the last batch of the first
+    epoch (step 6) and from the middle of the second (step 9) still train on the episodes of one
+    run straight through, loss for loss."""
+    args = [*PAPER["agent_sft"], "trainer.max_steps=12", "callbacks.model_checkpoint.save_top_k=-1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FRAMELAB_CACHE": str(tmp_path / "cache")}
+
+    def run(*extra):
+        cmd = [sys.executable, "-m", "framelab.cli", "fit", *args, *extra]
+        res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    run("hydra.run.dir=ref")
+    reference = losses(tmp_path / "ref")
+    assert sorted(reference) == list(range(12))
+    for step in (6, 9):
+        ckpt = tmp_path / "ref" / "checkpoints" / f"step{step:07d}.ckpt"
+        run(f"hydra.run.dir=from{step}", f"ckpt_path={ckpt}", "data.num_workers=1")
+        resumed = losses(tmp_path / f"from{step}")
+        assert sorted(resumed) == list(range(step, 12)), (step, sorted(resumed))
+        for k, (loss, _) in resumed.items():
+            assert loss == reference[k][0], (step, k, loss, reference[k][0])

@@ -204,6 +204,7 @@ class AgentDataModule(L.LightningDataModule):
         self.special_ids: dict[str, int] = {}
         self.renderer: Renderer | None = None
         self.position: tuple[int, int] | None = None     # training (epoch, episodes taken)
+        self.world = 1                                    # ranks that share the training order
 
     # ---- what the modules read ----------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -267,7 +268,9 @@ class AgentDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         order = EpisodeOrder(int(self.samples.get("train", 0)), self.seed, rank, world)
-        order.resume_at = self.position
+        if self.position is not None:
+            order.resume(*self.position)
+        self.world = world
         return self._loader("train", self.batch_size, order)
 
     def val_dataloader(self):
@@ -286,23 +289,36 @@ class AgentDataModule(L.LightningDataModule):
         if self.position is None:
             return {}
         return {"epoch": self.position[0], "taken": self.position[1], "seed": self.seed,
-                "train": int(self.samples.get("train", 0))}
+                "train": int(self.samples.get("train", 0)), "world": self.world,
+                "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict) -> None:
-        if not state:
+        if isinstance(state, dict) and not state:
             return
+        keys = ("epoch", "taken", "seed", "train", "world", "batch_size")
         try:
-            epoch, taken = int(state["epoch"]), int(state["taken"])
-            seed, train = int(state["seed"]), int(state["train"])
-        except (KeyError, TypeError, ValueError):
+            if not isinstance(state, dict):
+                raise TypeError
+            epoch, taken, seed, train, world, batch = (int(state[k]) for k in keys)
+            if epoch < 0 or not 0 <= taken <= train or world < 1 or batch < 1:
+                raise ValueError
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise UserError(f"the checkpoint's agent data position {state!r} is not one "
-                            "AgentDataModule writes ({epoch, taken, seed, train} as integers); "
-                            "resume from a checkpoint of an agent run, or start a new run") from None
+                            f"AgentDataModule writes ({', '.join(keys)}: integers, 0 <= taken <= "
+                            "train); resume from a checkpoint of an agent run, or start a new "
+                            "run") from None
         for key, saved, now in (("seed", seed, self.seed),
                                 ("samples.train", train, self.samples.get("train", 0))):
             if saved != now:
                 raise UserError(f"the checkpoint's agent data was drawn with data.{key}={saved}, "
                                 f"not {now}; resume with the same data for the same episodes")
+        trainer = getattr(self, "trainer", None)
+        ranks = trainer.world_size if trainer is not None else 1
+        if (world, batch) != (ranks, self.batch_size):
+            raise UserError(f"the checkpoint's agent run took batches of {batch} on {world} "
+                            f"rank(s), this one {self.batch_size} on {ranks}; resume with the "
+                            "same data.batch_size and devices (Lightning counts the epoch's "
+                            "batches as they were taken)")
         self.position = (epoch, taken)
 
     @property

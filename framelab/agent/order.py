@@ -14,7 +14,9 @@ every rank runs the same number of batches). The sampler is a `DistributedSample
 leaves that split to it instead of wrapping it in its own (which would shuffle the order again). Each index it yields comes with the number of
 places all ranks have taken once this one is taken; the batch carries the largest, and the
 datamodule keeps it as its position (`AgentDataModule.state_dict`). A run resumed from a
-checkpoint starts its epoch at that place, with the same or another number of ranks.
+checkpoint starts at that place (`EpisodeOrder.resume`), with the same number of ranks and the
+same batch size: Lightning counts the batches of the epoch it restores as they were, and ends the
+epoch at the loader's length.
 """
 from __future__ import annotations
 
@@ -40,6 +42,15 @@ class EpisodeOrder(DistributedSampler):
         super().__init__(range(size), num_replicas=world, rank=rank, shuffle=True, seed=seed)
         self.size = size
         self.resume_at: tuple[int, int] | None = None     # (epoch, places taken) from a checkpoint
+
+    def resume(self, epoch: int, taken: int) -> None:
+        """Start at a saved position: the place after `taken` in `epoch`, or the next epoch's
+        first place when no whole round of `epoch` is left. The epoch is set here, not left to
+        Lightning's `set_epoch`: a loader with workers draws its first indices as soon as it is
+        iterated, which Lightning does before it sets the epoch of the run it resumes."""
+        if self.size - taken < self.num_replicas:
+            epoch, taken = epoch + 1, 0
+        self.epoch, self.resume_at = epoch, (epoch, taken)
 
     def _start(self) -> int:
         if self.resume_at is not None and self.resume_at[0] == self.epoch:

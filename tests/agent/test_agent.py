@@ -259,6 +259,8 @@ def test_note_scores_compare_names_with_the_zoom(tok):
     assert all(v["if_named"] == "-" or 0.0 <= v["if_named"] <= 1.0 for v in out.values())
     miss = report(model(tok), tok, questions=4, samples=1, zoom="miss")
     assert all(0.0 <= v["zooms"] <= 1.0 for v in miss.values())
+    assert all(v["zooms_if_unnamed"] == "-" or 0.0 <= v["zooms_if_unnamed"] <= 1.0
+               for v in miss.values())
 
 
 def test_a_forced_miss_zooms_away_from_the_needle_and_the_expert_goes_on():

@@ -1,5 +1,6 @@
 """The agent's training order (framelab.agent.order): PyTorch's shuffled order on one device,
-ranks that split each epoch without overlap, and a datamodule that resumes at the next episode."""
+ranks that split each epoch without overlap, and a datamodule that resumes at the next episode
+and refuses a position it cannot use."""
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -33,20 +34,24 @@ def test_ranks_split_an_epoch_in_whole_rounds_and_count_places_taken():
     assert [p for _, p, _ in taken[0]] == [p for _, p, _ in taken[2]] == [3, 6, 9]
 
 
-def test_a_resumed_order_goes_on_at_the_next_place_with_another_world_size():
+def test_a_resumed_order_goes_on_at_the_next_place_or_the_next_epoch():
     whole = epoch_order(12, 5, 1)
     one = EpisodeOrder(12, seed=5)
-    one.set_epoch(1)
-    one.resume_at = (1, 5)
+    one.resume(1, 5)                        # sets the epoch: no set_epoch before the first indices
     assert indices(one) == whole[5:] and len(one) == 12      # the length is a whole epoch's
     two = [EpisodeOrder(12, seed=5, rank=r, world=2) for r in range(2)]
     for o in two:
-        o.set_epoch(1)
-        o.resume_at = (1, 6)
+        o.resume(1, 6)
     assert sorted(indices(two[0]) + indices(two[1])) == sorted(whole[6:])
+    done = EpisodeOrder(12, seed=5)
+    done.resume(0, 12)                      # saved at an epoch's last batch: the next epoch
+    assert done.epoch == 1 and indices(done) == whole
+    odd = EpisodeOrder(11, seed=5, rank=1, world=2)
+    odd.resume(0, 10)                       # no whole round of two left
+    assert odd.epoch == 1 and len(indices(odd)) == 5
     stale = EpisodeOrder(12, seed=5)
-    stale.set_epoch(2)
-    stale.resume_at = (1, 6)                # a position of an epoch that is over: a fresh epoch
+    stale.resume(1, 6)
+    stale.set_epoch(2)                      # a position of an epoch that is over: a fresh epoch
     assert indices(stale) == epoch_order(12, 5, 2)
 
 
@@ -69,18 +74,24 @@ def test_the_datamodule_resumes_at_the_next_episode_and_refuses_another_seed(cac
         batches.append(handed["input_ids"])
         if len(batches) == 2:
             state = first.state_dict()
-    assert state == {"epoch": 0, "taken": 6, "seed": 0, "train": 10} and len(batches) == 4
+    assert state == {"epoch": 0, "taken": 6, "seed": 0, "train": 10, "world": 1,
+                     "batch_size": 3} and len(batches) == 4
     resumed = datamodule(cache)
     resumed.load_state_dict(state)
     rest = [resumed.on_before_batch_transfer(b, 0)["input_ids"] for b in resumed.train_dataloader()]
     assert len(rest) == 2 and all(torch.equal(a, b) for a, b in zip(rest, batches[2:]))
-    assert resumed.state_dict() == {"epoch": 0, "taken": 10, "seed": 0, "train": 10}
+    assert resumed.state_dict() == {**state, "taken": 10}
     assert datamodule(cache).state_dict() == {}               # nothing taken: nothing to keep
     with pytest.raises(UserError, match="data.seed=0, not 1"):
         datamodule(cache, seed=1).load_state_dict(state)
     other = AgentDataModule(lengths=[64], samples={"train": 12}, cache_dir=cache)
     with pytest.raises(UserError, match="data.samples.train=10, not 12"):
         other.load_state_dict(state)
-    for bad in ({"epoch": 0}, {**state, "taken": "six"}, {**state, "seed": None}):
+    other = AgentDataModule(lengths=[64], samples={"train": 10}, batch_size=4, cache_dir=cache)
+    with pytest.raises(UserError, match="batches of 3 on 1 rank.*this one 4 on 1"):
+        other.load_state_dict(state)
+    for bad in ({"epoch": 0}, {**state, "taken": "six"}, {**state, "seed": None},
+                {**state, "taken": -1}, {**state, "taken": 11}, {**state, "epoch": float("inf")},
+                [1, 2], torch.zeros(3)):
         with pytest.raises(UserError, match="is not one AgentDataModule writes"):
             datamodule(cache).load_state_dict(bad)
