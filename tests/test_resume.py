@@ -179,21 +179,24 @@ PAPER = {
 }
 
 
+def fit_paper(tmp_path, args, extra, background=False):
+    """`framelab fit` with a paper experiment's args in tmp_path (its own world cache)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FRAMELAB_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "framelab.cli", "fit", *args, *extra]
+    if background:
+        return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", list(PAPER))
 def test_paper_experiments_resume_exactly_after_sigterm(tmp_path, experiment):
     args, steps = PAPER[experiment], 12
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FRAMELAB_CACHE": str(tmp_path / "cache")}
 
     def run(extra, background=False):
-        cmd = [sys.executable, "-m", "framelab.cli", "fit", *args, f"trainer.max_steps={steps}",
-               *extra]
-        if background:
-            return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
-        res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=900)
-        assert res.returncode == 0, res.stderr[-3000:]
+        return fit_paper(tmp_path, [*args, f"trainer.max_steps={steps}"], extra, background)
 
     run(["hydra.run.dir=ref"])
     reference = losses(tmp_path / "ref")
@@ -221,13 +224,9 @@ def test_agent_runs_resume_at_an_epoch_end_and_inside_the_next_with_a_worker(tmp
     epoch (step 6) and from the middle of the second (step 9) still train on the episodes of one
     run straight through, loss for loss."""
     args = [*PAPER["agent_sft"], "trainer.max_steps=12", "callbacks.model_checkpoint.save_top_k=-1"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FRAMELAB_CACHE": str(tmp_path / "cache")}
 
     def run(*extra):
-        cmd = [sys.executable, "-m", "framelab.cli", "fit", *args, *extra]
-        res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=900)
-        assert res.returncode == 0, res.stderr[-3000:]
+        fit_paper(tmp_path, args, extra)
 
     run("hydra.run.dir=ref")
     reference = losses(tmp_path / "ref")

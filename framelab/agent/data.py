@@ -204,7 +204,6 @@ class AgentDataModule(L.LightningDataModule):
         self.special_ids: dict[str, int] = {}
         self.renderer: Renderer | None = None
         self.position: tuple[int, int] | None = None     # training (epoch, episodes taken)
-        self.world = 1                                    # ranks that share the training order
 
     # ---- what the modules read ----------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -265,12 +264,10 @@ class AgentDataModule(L.LightningDataModule):
         # place is the datamodule's state, restored before the loader is built
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended "
                                 "before the epoch ended")
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        rank, world = self._ranks()
         order = EpisodeOrder(int(self.samples.get("train", 0)), self.seed, rank, world)
         if self.position is not None:
             order.resume(*self.position)
-        self.world = world
         return self._loader("train", self.batch_size, order)
 
     def val_dataloader(self):
@@ -280,6 +277,11 @@ class AgentDataModule(L.LightningDataModule):
         return self._loader("test", self.val_batch_size)
 
     # ---- the training position (kept in checkpoints by Lightning) ------------------------------
+    def _ranks(self) -> tuple[int, int]:
+        """(this rank, ranks) of the trainer the datamodule is attached to; (0, 1) without one."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         if isinstance(batch, dict) and "_position" in batch:
             self.position = tuple(int(x) for x in batch.pop("_position"))
@@ -289,7 +291,7 @@ class AgentDataModule(L.LightningDataModule):
         if self.position is None:
             return {}
         return {"epoch": self.position[0], "taken": self.position[1], "seed": self.seed,
-                "train": int(self.samples.get("train", 0)), "world": self.world,
+                "train": int(self.samples.get("train", 0)), "world": self._ranks()[1],
                 "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict) -> None:
@@ -312,8 +314,7 @@ class AgentDataModule(L.LightningDataModule):
             if saved != now:
                 raise UserError(f"the checkpoint's agent data was drawn with data.{key}={saved}, "
                                 f"not {now}; resume with the same data for the same episodes")
-        trainer = getattr(self, "trainer", None)
-        ranks = trainer.world_size if trainer is not None else 1
+        ranks = self._ranks()[1]
         if (world, batch) != (ranks, self.batch_size):
             raise UserError(f"the checkpoint's agent run took batches of {batch} on {world} "
                             f"rank(s), this one {self.batch_size} on {ranks}; resume with the "

@@ -11,12 +11,12 @@ seed, then `RandomSampler`'s permutations), so on one device the order is the on
 With several ranks, rank r takes places r, r + world, r + 2 world, ... of the epoch's order, in
 whole rounds (an epoch's last places that would leave a rank without its share are dropped, so
 every rank runs the same number of batches). The sampler is a `DistributedSampler`, so Lightning
-leaves that split to it instead of wrapping it in its own (which would shuffle the order again). Each index it yields comes with the number of
-places all ranks have taken once this one is taken; the batch carries the largest, and the
-datamodule keeps it as its position (`AgentDataModule.state_dict`). A run resumed from a
-checkpoint starts at that place (`EpisodeOrder.resume`), with the same number of ranks and the
-same batch size: Lightning counts the batches of the epoch it restores as they were, and ends the
-epoch at the loader's length.
+leaves that split to it instead of wrapping it in its own (which would shuffle the order again).
+Each index it yields comes with the number of places all ranks have taken once this one is taken;
+the batch carries the largest, and the datamodule keeps it as its position
+(`AgentDataModule.state_dict`). A run resumed from a checkpoint starts at that place
+(`EpisodeOrder.resume`), with the same number of ranks and the same batch size: Lightning counts
+the batches of the epoch it restores as they were, and ends the epoch at the loader's length.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class EpisodeOrder(DistributedSampler):
 
     def _start(self) -> int:
         if self.resume_at is not None and self.resume_at[0] == self.epoch:
-            return min(int(self.resume_at[1]), self.size)
+            return min(self.resume_at[1], self.size)
         return 0
 
     def __len__(self) -> int:

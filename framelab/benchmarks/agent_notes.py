@@ -179,6 +179,5 @@ def main(argv: list[str]) -> int:
     print_table([{"type": q, **{k: (f"{v:.3f}" if isinstance(v, float) else v)
                                 for k, v in row.items()}} for q, row in result.items()], columns)
     write_json(args.json, {"by_type": result, "ckpt": args.ckpt, "zoom": args.zoom,
-                           "machine": machine(),
-                           "seconds": time.perf_counter() - t0})
+                           "machine": machine(), "seconds": time.perf_counter() - t0})
     return 0
