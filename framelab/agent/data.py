@@ -62,6 +62,7 @@ from framelab.world.tasks import make_sample
 from framelab.world.tasks.common import LETTERS
 
 WHAT_QUERY = "object seen briefly"
+CHECK = "check: "
 NOTE_FORMS = ("names", "checks")
 
 
@@ -108,9 +109,35 @@ def visible(objects: list[dict], name: str, indices: list[int]) -> bool:
 def check_note(items: list[tuple[str, str]], objects: list[dict], indices: list[int]) -> str:
     """`check: A red cross no, B blue ring yes`: a verdict on each (label, name) in `items`
     (labels may be empty), yes when the object is visible in any of the frames `indices`."""
-    return "check: " + ", ".join(
+    return CHECK + ", ".join(
         f"{label + ' ' if label else ''}{name} {'yes' if visible(objects, name, indices) else 'no'}"
         for label, name in items)
+
+
+def note_checks(note: str) -> list[tuple[str, bool]]:
+    """The (name, verdict) pairs of a note `check: A red cross no, B blue ring yes` (option
+    letters dropped; [] for no such note; an item without a yes/no verdict counts as no)."""
+    if not note.startswith(CHECK):
+        return []
+    out = []
+    for item in note[len(CHECK):].split(","):
+        words = item.split()
+        if len(words) >= 2 and len(words[0]) == 1 and words[0].isupper():
+            words = words[1:]
+        verdict = bool(words) and words[-1] == "yes"
+        name = " ".join(words[:-1] if words and words[-1] in ("yes", "no") else words)
+        if name:
+            out.append((name, verdict))
+    return out
+
+
+def asked_items(meta: dict) -> list[tuple[str, str]]:
+    """What a check note gives a verdict on: the asked object for "when" (no label), every
+    option with its letter for "what"."""
+    if meta.get("format") == "span":
+        obj = meta["objects"][meta.get("target", 0)]
+        return [("", f"{obj['colour']} {obj['shape']}")]
+    return list(zip(LETTERS, meta["choices"]))
 
 
 def expert_trajectory(ep: dict, rng: np.random.Generator, miss_prob: float = 0.3,
@@ -136,8 +163,8 @@ def expert_trajectory(ep: dict, rng: np.random.Generator, miss_prob: float = 0.3
     others = [far[i] for i in rng.permutation(len(far))[:2]] if far else []
     miss = bool(others) and rng.random() < miss_prob
     listed = [others[0], hit] + others[1:] if miss else [hit] + others
-    obj = meta["objects"][meta.get("target", 0)]
-    name = f"{obj['colour']} {obj['shape']}" if when else None
+    asked = asked_items(meta)
+    name = asked[0][1] if when else None
     query = name or WHAT_QUERY
     turns = [Turn("", f"search({query})", fmt_spans(spans[i] for i in listed))]
     duration = n / fps
@@ -147,7 +174,6 @@ def expert_trajectory(ep: dict, rng: np.random.Generator, miss_prob: float = 0.3
                           f"{lo:.1f}-{hi:.1f}", [lo, hi], zoom_frames))
     answer = f"{spans[hit][0]:.1f}-{spans[hit][1]:.1f}" if when else meta["answer"]
     turns.append(Turn("", f"finish({answer})"))
-    asked = [("", name)] if when else list(zip(LETTERS, meta["choices"]))
     for before, t in zip([None] + turns, turns):
         note = ""
         if notes and before is not None and before.span is not None:

@@ -30,12 +30,11 @@ from dataclasses import dataclass
 import torch
 
 from framelab.agent.context import Renderer
-from framelab.agent.data import WHAT_QUERY, check_note, seen_note, visible
+from framelab.agent.data import WHAT_QUERY, asked_items, check_note, seen_note, visible
 from framelab.agent.loop import FORCED
 from framelab.agent.tools import Toolbox, zoom_indices
 from framelab.datamodules.special_tokens import TOOL_CALL, TOOL_CALL_END
 from framelab.rl.rollout import Rollout
-from framelab.world.tasks.common import LETTERS
 
 _SPAN = re.compile(r"(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)")
 
@@ -62,7 +61,7 @@ def guided_sample(r: Renderer, box: Toolbox, meta: dict, max_turns: int,
     objects = meta["objects"]
     target = objects[meta.get("target", 0)]
     name = f"{target['colour']} {target['shape']}"
-    asked = [("", name)] if when else list(zip(LETTERS, meta["choices"]))
+    asked = asked_items(meta)
     n, fps = int(box.frames.shape[0]), box.fps
     ids: list[int] = []
     mask: list[bool] = []

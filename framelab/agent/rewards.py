@@ -15,12 +15,24 @@
   one seed went from 3.3 tool calls to 1 (no search) and lost half its accuracy. Charged on right
   answers only, it ranks right episodes by their turns and never pays a wrong one for not looking.
 
-Both read the rollout's decoded completion, special tokens kept (`AgentModule.decode_text`).
+- `agent_checks` (off by default; `data.note_form=checks`): a process reward on the verdicts of
+  the check notes, which the world can check. After each zoom the next turn's note should say
+  yes or no on each asked object (the object for "when", every option for "what"); the reward is
+  the share of those verdicts that are right against the objects the zoom's frames show, a
+  missing verdict counting as wrong, and 0 for an episode that wrote none. A zoom on the turn
+  before the last is not scored: the last turn opens with the forced `finish(`, with no room
+  for a note. It reads the video's frame count and fps and the episode's `max_turns` from
+  `meta["video"]`, which `AgentModule` adds to each rollout's metadata.
+
+All read the rollout's decoded completion, special tokens kept (`AgentModule.decode_text`).
 """
 from __future__ import annotations
 
+from framelab.agent.data import asked_items, note_checks, visible
 from framelab.agent.loop import answer_of, split_call
+from framelab.agent.tools import ToolError, parse_call, zoom_indices, zoom_span
 from framelab.datamodules.special_tokens import IM_END, IM_START, TOOL_CALL, TOOL_CALL_END
+from framelab.errors import UserError
 from framelab.evaluation.choice import extract_choice
 from framelab.evaluation.temporal import parse_span, temporal_iou
 from framelab.rl.rewards import accuracy_reward, register_reward
@@ -62,6 +74,46 @@ def agent_finish_reward(completion: str, meta: dict, *, length: int = 0) -> floa
 def agent_turns_reward(completion: str, meta: dict, *, length: int = 0) -> float:
     calls = (completion or "").count(TOOL_CALL_END)
     return -float(calls) * agent_answer_reward(completion, meta)
+
+
+def zoomed_frames(call: str | None, video: dict) -> list[int] | None:
+    """The frame indices a zoom call showed (as `framelab.agent.tools.zoom` cuts them), or None
+    for any other call and for a zoom the tool refused."""
+    try:
+        name, args = parse_call(call or "")
+        if name != "zoom":
+            return None
+        n, fps = int(video["frames"]), float(video["fps"])
+        lo, hi = zoom_span(n / fps, args["start_s"], args["end_s"], args["frames"])
+    except ToolError:
+        return None
+    return zoom_indices(n, fps, lo, hi, args["frames"]).tolist()
+
+
+def verdicts(completion: str, meta: dict) -> tuple[int, int]:
+    """(right, asked) over the check notes written after the episode's zooms (module docstring)."""
+    if "video" not in meta:
+        raise UserError("the agent_checks reward needs the video's frame count, fps and "
+                        "max_turns in the rollout's meta['video']; use it with experiment=agent_rl")
+    turns = [split_call(t) for t in (completion or "").split(f"{IM_START}assistant\n")]
+    items = asked_items(meta)
+    right = asked = 0
+    for j, (_, call) in enumerate(turns[:-1]):
+        shown = zoomed_frames(call, meta["video"])
+        if shown is None or j + 1 >= int(meta["video"]["max_turns"]) - 1:
+            continue
+        note = turns[j + 1][0]
+        said = dict(note_checks(note))
+        for _, name in items:
+            asked += 1
+            right += int(name in said and said[name] == visible(meta["objects"], name, shown))
+    return right, asked
+
+
+@register_reward("agent_checks")
+def agent_checks_reward(completion: str, meta: dict, *, length: int = 0) -> float:
+    right, asked = verdicts(completion, meta)
+    return right / asked if asked else 0.0
 
 
 def score(answer: str | None, meta: dict) -> dict:

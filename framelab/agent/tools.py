@@ -234,7 +234,13 @@ def search(index: VideoIndex, query_embedding: torch.Tensor | None, k: int = 3,
 def zoom(frames: torch.Tensor, fps: float, start_s: float, end_s: float,
          count: int = 8) -> tuple[torch.Tensor, tuple[float, float]]:
     """`count` frames spread evenly over [start_s, end_s] and the span actually covered."""
-    duration = frames.shape[0] / fps
+    lo, hi = zoom_span(frames.shape[0] / fps, start_s, end_s, count)
+    return frames[zoom_indices(frames.shape[0], fps, lo, hi, count)], (lo, hi)
+
+
+def zoom_span(duration: float, start_s: float, end_s: float, count: int) -> tuple[float, float]:
+    """The span (seconds) a zoom covers inside a video of `duration` s; ToolError for a zoom
+    the tool refuses."""
     if not 2 <= count <= MAX_ZOOM_FRAMES:
         raise ToolError(f"zoom: frames={count} must be 2..{MAX_ZOOM_FRAMES}")
     if end_s <= start_s:
@@ -242,7 +248,7 @@ def zoom(frames: torch.Tensor, fps: float, start_s: float, end_s: float,
     lo, hi = max(0.0, start_s), min(duration, end_s)
     if hi <= lo:
         raise ToolError(f"zoom: {start_s}-{end_s} is outside the video (0-{duration:.1f} s)")
-    return frames[zoom_indices(frames.shape[0], fps, lo, hi, count)], (lo, hi)
+    return lo, hi
 
 
 def zoom_indices(frames: int, fps: float, lo: float, hi: float, count: int = 8) -> torch.Tensor:

@@ -37,12 +37,13 @@ import time
 import numpy as np
 import torch
 
+from framelab.agent.data import note_checks
 from framelab.benchmarks._common import machine, print_table, write_json
 from framelab.errors import UserError
 
 PARAMS = {"lengths": [64, 128, 256, 512, 1024, 2048], "depths": [0.0, 0.25, 0.5, 0.75, 1.0],
           "size": 32, "when_prob": 0.5}
-NOTE, CHECK = "seen: ", "check: "
+NOTE = "seen: "
 
 
 def note_names(note: str) -> list[str]:
@@ -50,23 +51,6 @@ def note_names(note: str) -> list[str]:
     if not note.startswith(NOTE):
         return []
     return [n.strip() for n in note[len(NOTE):].split(",") if n.strip() and n.strip() != "nothing"]
-
-
-def note_checks(note: str) -> list[tuple[str, bool]]:
-    """The (name, verdict) pairs of a note `check: A red cross no, B blue ring yes` (option
-    letters dropped; [] for no such note; an item without a yes/no verdict counts as no)."""
-    if not note.startswith(CHECK):
-        return []
-    out = []
-    for item in note[len(CHECK):].split(","):
-        words = item.split()
-        if len(words) >= 2 and len(words[0]) == 1 and words[0].isupper():
-            words = words[1:]
-        verdict = bool(words) and words[-1] == "yes"
-        name = " ".join(words[:-1] if words and words[-1] in ("yes", "no") else words)
-        if name:
-            out.append((name, verdict))
-    return out
 
 
 def score_note(note: str, present: list[str], needle: str) -> dict:

@@ -16,7 +16,10 @@ index alone: the share of questions where the first / any of three spans that `s
 the expert's query overlaps the needle), `gain_at_512_plus` (the agent's mean accuracy minus
 uniform's over the cells with at least 512 frames), `tiou_when` and `tiou_when_512_plus` (agent
 and uniform), `accuracy_what` and `accuracy_what_512_plus` (multiple choice alone),
-`turns_mean`, `questions_per_cell`, `seconds`, and `questions`: one row per question (`length`,
+`turns_mean`, `query_named_when` (the share of "when" questions whose first search names the
+asked object word for word), `checks_copied` (the share of the items of the agent's check notes,
+`data.note_form=checks`, that name the asked object or option of their place; null without
+check notes), `questions_per_cell`, `seconds`, and `questions`: one row per question (`length`,
 `depth`, `index`, `kind` what / when, `agent` and `uniform` as scored above). `--plot` writes the
 two heatmaps side by side (and their difference); `--tensorboard DIR` logs them as images
 (`vniah/heatmaps`).
@@ -40,6 +43,29 @@ from framelab.benchmarks._common import machine, print_table, write_json
 from framelab.errors import UserError
 
 
+def names_copied(traj, meta: dict) -> dict:
+    """Does the agent copy the question's names right? `query` ("when" only): its first search
+    names the asked object, word for word (None without a search); `checks`: the share of its
+    check notes' items that name the asked object or option of their place (None without one)."""
+    from framelab.agent.data import asked_items, note_checks
+    from framelab.agent.loop import split_call
+    from framelab.agent.tools import ToolError, parse_call
+
+    asked = [name for _, name in asked_items(meta)]
+    query, items = None, []
+    for turn in traj.turns:
+        note, call = split_call(turn.text)
+        if query is None and meta.get("format") == "span" and call and call.startswith("search"):
+            try:
+                query = float(parse_call(call)[1]["query"].strip() == asked[0])
+            except ToolError:
+                query = 0.0
+        named = [name for name, _ in note_checks(note)]
+        if named:
+            items += [float(i < len(named) and named[i] == a) for i, a in enumerate(asked)]
+    return {"query": query, "checks": float(np.mean(items)) if items else None}
+
+
 def run_cell(model, tok, length: int, depth: float, n: int, offset: int, args) -> dict:
     from framelab.agent.data import as_tensor, episode
     from framelab.agent.data import WHAT_QUERY
@@ -50,7 +76,7 @@ def run_cell(model, tok, length: int, depth: float, n: int, offset: int, args) -
 
     out = {"agent": [], "uniform": [], "tiou_agent": [], "tiou_uniform": [], "turns": [],
            "search_top1": [], "search_top3": [], "what_agent": [], "what_uniform": [],
-           "questions": []}
+           "query_named": [], "checks_copied": [], "questions": []}
     for j in range(n):
         ep = episode(args.split, offset + j, {"lengths": [length], "depths": [depth],
                                               "size": args.size})
@@ -79,6 +105,10 @@ def run_cell(model, tok, length: int, depth: float, n: int, offset: int, args) -
                 out[name].append(s["accuracy"])
                 out[f"what_{name}"].append(s["accuracy"])
         out["turns"].append(len(agent.turns))
+        copied = names_copied(agent, meta)
+        for key, value in (("query_named", copied["query"]), ("checks_copied", copied["checks"])):
+            if value is not None:
+                out[key].append(value)
         out["questions"].append({"length": length, "depth": depth, "index": offset + j,
                                  "kind": "when" if meta.get("format") == "span" else "what",
                                  "agent": out["agent"][-1], "uniform": out["uniform"][-1]})
@@ -253,6 +283,8 @@ def main(argv: list[str]) -> int:
         "tiou_when_512_plus": {"agent": mean(pool("tiou_agent", long)),
                                "uniform": mean(pool("tiou_uniform", long))},
         "turns_mean": mean(pool("turns", every)),
+        "query_named_when": mean(pool("query_named", every)),
+        "checks_copied": mean(pool("checks_copied", every)),
         "search_top1_by_length": [mean([x for d in depths for x in cells[n, d]["search_top1"]])
                                   for n in lengths],
         "search_top3_by_length": [mean([x for d in depths for x in cells[n, d]["search_top3"]])
@@ -273,6 +305,8 @@ def main(argv: list[str]) -> int:
           f"uniform {result['tiou_when']['uniform']}")
     print(f"accuracy_what: agent {result['accuracy_what']['agent']}, "
           f"uniform {result['accuracy_what']['uniform']}")
+    print(f"query_named_when: {result['query_named_when']}, "
+          f"checks_copied: {result['checks_copied']}")
     if base is not None:
         result["against"] = compare(result, base, args.against)
         for part, c in result["against"].items():

@@ -10,7 +10,8 @@
   video placeholders are suppressed, log-prob -inf) before it uses them. The search
   index of a video is built once and shared by its G samples. Rewards:
   `module.rl.rewards`, by default `agent_answer` (letter accuracy, temporal IoU for "when") and
-  `agent_turns` at a small weight (a cost per tool call) (`framelab.agent.rewards`). With
+  `agent_turns` at a small weight (a cost per tool call), and with check notes optionally
+  `agent_checks`, a process reward on their verdicts (`framelab.agent.rewards`). With
   `agent.guide`, each group's last sample is the expert's episode on the real tools when it
   finds the needle (`framelab.agent.guide`), scored under the current policy.
 
@@ -132,7 +133,10 @@ class AgentModule(PolicyStages, FramelabModule):
             frames = as_tensor(ep["frames"]).to(self.device)
             ctx = start_context(r, frames, ep["question"], int(self.agent_cfg["overview"]))
             out = ctx.render()
-            docs.append({"prompt": out.ids, "videos": out.videos, "meta": ep["meta"],
+            video = {"frames": int(frames.shape[0]), "fps": float(ep["fps"]),  # agent_checks
+                     "max_turns": int(self.agent_cfg["max_turns"])}
+            docs.append({"prompt": out.ids, "videos": out.videos,
+                         "meta": {**ep["meta"], "video": video},
                          "reference": [], "frames": frames, "fps": ep["fps"]})
         return docs
 

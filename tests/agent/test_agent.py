@@ -95,7 +95,7 @@ def test_expert_notes_say_what_each_zoom_showed():
 
 
 def test_expert_check_notes_give_a_verdict_per_asked_object():
-    from framelab.benchmarks.agent_notes import note_checks
+    from framelab.agent.data import note_checks
     from framelab.errors import UserError
 
     for qtype, when_prob in (("when", 1.0), ("what", 0.0)):

@@ -63,3 +63,28 @@ def test_a_bad_against_file_is_one_line_before_any_work(tmp_path, capsys):
                      str(path)]) == 2                 # refused before the checkpoint is read
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("framelab: error: --against") and says in err[0]
+
+
+def test_names_copied_reads_the_query_and_the_check_notes_names():
+    import numpy as np
+
+    from framelab.agent.data import episode, expert_trajectory
+    from framelab.benchmarks.vniah import names_copied
+
+    for when_prob in (1.0, 0.0):
+        ep = episode("train", 0, {"lengths": [512], "when_prob": when_prob})
+        meta = ep["meta"]
+        traj = expert_trajectory(ep, np.random.default_rng(0), miss_prob=1.0, note_form="checks")
+        when = meta["format"] == "span"
+        assert names_copied(traj, meta) == {"query": 1.0 if when else None, "checks": 1.0}
+        asked = traj.turns[2].text.split("check: ")[1].split(",")[0].split()
+        name = " ".join(asked[-3:-1])                                # the first item's name
+        wrong = "pink blob" if name != "pink blob" else "grey blob"
+        for t in traj.turns:
+            t.text = t.text.replace(name, wrong)
+            t.call = t.call.replace(name, wrong) if t.call else t.call
+        got = names_copied(traj, meta)
+        assert got["checks"] == (0.0 if when else 0.75)                # one of 1 / 4 per note
+        assert got["query"] == (0.0 if when else None)
+        listed = expert_trajectory(ep, np.random.default_rng(0), miss_prob=1.0)
+        assert names_copied(listed, meta)["checks"] is None              # `seen:` notes
