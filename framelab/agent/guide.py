@@ -59,9 +59,7 @@ def guided_sample(r: Renderer, box: Toolbox, meta: dict, max_turns: int,
     spans do not show the asked object within `max_turns` turns of `max_new_tokens` tokens."""
     when = meta.get("format") == "span"
     objects = meta["objects"]
-    target = objects[meta.get("target", 0)]
-    name = f"{target['colour']} {target['shape']}"
-    asked = asked_items(meta)
+    asked = asked_items(meta)            # the asked object ("when") or the four options ("what")
     n, fps = int(box.frames.shape[0]), box.fps
     ids: list[int] = []
     mask: list[bool] = []
@@ -89,7 +87,7 @@ def guided_sample(r: Renderer, box: Toolbox, meta: dict, max_turns: int,
             videos.append(res.frames)
         return res, forced
 
-    found, forced = call("", f"search({name if when else WHAT_QUERY})")
+    found, forced = call("", f"search({asked[0][1] if when else WHAT_QUERY})")
     if found.error:
         return None
     note = ""                           # what the last zoom showed, written before the next call
@@ -104,8 +102,7 @@ def guided_sample(r: Renderer, box: Toolbox, meta: dict, max_turns: int,
         if notes:
             note = seen_note(objects, shown) if note_form == "names" else \
                 check_note(asked, objects, shown)
-        hit = visible(objects, name, shown) if when else \
-            any(visible(objects, c, shown) for c in meta["choices"])
+        hit = any(visible(objects, item, shown) for _, item in asked)
         if hit:
             answer = f"{a}-{b}" if when else meta["answer"]
             if forced:
