@@ -114,21 +114,31 @@ def check_note(items: list[tuple[str, str]], objects: list[dict], indices: list[
         for label, name in items)
 
 
-def note_checks(note: str) -> list[tuple[str, bool]]:
-    """The (name, verdict) pairs of a note `check: A red cross no, B blue ring yes` (option
-    letters dropped; [] for no such note; an item without a yes/no verdict counts as no)."""
+def note_check_spans(note: str) -> list[tuple[str, bool, int, int]]:
+    """(name, verdict, start, end) of each item of a note `check: A red cross no, B blue ring
+    yes`, with the item's characters note[start:end] (its letter, name and verdict); option
+    letters are dropped from the name, [] for no such note, and an item without a yes/no verdict
+    counts as no."""
     if not note.startswith(CHECK):
         return []
-    out = []
+    out, pos = [], len(CHECK)
     for item in note[len(CHECK):].split(","):
+        start = pos + len(item) - len(item.lstrip())
+        end = pos + len(item.rstrip())
+        pos += len(item) + 1
         words = item.split()
         if len(words) >= 2 and len(words[0]) == 1 and words[0].isupper():
             words = words[1:]
         verdict = bool(words) and words[-1] == "yes"
         name = " ".join(words[:-1] if words and words[-1] in ("yes", "no") else words)
         if name:
-            out.append((name, verdict))
+            out.append((name, verdict, start, end))
     return out
+
+
+def note_checks(note: str) -> list[tuple[str, bool]]:
+    """The (name, verdict) pairs of a check note (`note_check_spans` without the spans)."""
+    return [(name, verdict) for name, verdict, _, _ in note_check_spans(note)]
 
 
 def asked_items(meta: dict) -> list[tuple[str, str]]:

@@ -24,11 +24,14 @@
   for a note. It reads the video's frame count and fps and the episode's `max_turns` from
   `meta["video"]`, which `AgentModule` adds to each rollout's metadata.
 
+`verdict_tokens` locates the same verdicts at the tokens that wrote them, for the per-token
+credit `module.agent.verdict_credit` (`AgentModule.token_bonus`).
+
 All read the rollout's decoded completion, special tokens kept (`AgentModule.decode_text`).
 """
 from __future__ import annotations
 
-from framelab.agent.data import asked_items, note_checks, visible
+from framelab.agent.data import asked_items, note_check_spans, visible
 from framelab.agent.loop import answer_of, split_call
 from framelab.agent.tools import ToolError, parse_call, zoom_indices, zoom_span
 from framelab.datamodules.special_tokens import IM_END, IM_START, TOOL_CALL, TOOL_CALL_END
@@ -90,24 +93,60 @@ def zoomed_frames(call: str | None, video: dict) -> list[int] | None:
     return zoom_indices(n, fps, lo, hi, args["frames"]).tolist()
 
 
-def verdicts(completion: str, meta: dict) -> tuple[int, int]:
-    """(right, asked) over the check notes written after the episode's zooms (module docstring)."""
+def checked_items(completion: str, meta: dict) -> list[tuple[tuple[int, int] | None, bool]]:
+    """One entry per verdict `agent_checks` scores (module docstring): the characters of the
+    item in `completion` (None for an asked object the note left out, or a note not found
+    verbatim in its turn) and whether its verdict is right against what the zoom showed."""
     if "video" not in meta:
         raise UserError("the agent_checks reward needs the video's frame count, fps and "
                         "max_turns in the rollout's meta['video']; use it with experiment=agent_rl")
-    turns = [split_call(t) for t in (completion or "").split(f"{IM_START}assistant\n")]
+    sep = f"{IM_START}assistant\n"
+    texts = (completion or "").split(sep)
+    starts = [sum(len(t) + len(sep) for t in texts[:j]) for j in range(len(texts))]
+    turns = [split_call(t) for t in texts]
     items = asked_items(meta)
-    right = asked = 0
+    out = []
     for j, (_, call) in enumerate(turns[:-1]):
         shown = zoomed_frames(call, meta["video"])
         if shown is None or j + 1 >= int(meta["video"]["max_turns"]) - 1:
             continue
         note = turns[j + 1][0]
-        said = dict(note_checks(note))
+        at = texts[j + 1].find(note) if note else -1
+        said = {name: (verdict, a, b) for name, verdict, a, b in note_check_spans(note)}
         for _, name in items:
-            asked += 1
-            right += int(name in said and said[name] == visible(meta["objects"], name, shown))
-    return right, asked
+            if name not in said:
+                out.append((None, False))
+                continue
+            verdict, a, b = said[name]
+            span = (starts[j + 1] + at + a, starts[j + 1] + at + b) if at >= 0 else None
+            out.append((span, verdict == visible(meta["objects"], name, shown)))
+    return out
+
+
+def verdicts(completion: str, meta: dict) -> tuple[int, int]:
+    """(right, asked) over the check notes written after the episode's zooms (module docstring)."""
+    items = checked_items(completion, meta)
+    return sum(right for _, right in items), len(items)
+
+
+def verdict_tokens(pieces: list[str], completion: str, meta: dict) -> list[tuple[list[int], bool]]:
+    """Per-token credit for the verdicts (`module.agent.verdict_credit`): for each scored item that
+    the completion wrote, the indices of the tokens that spell it (letter, name and verdict) and
+    whether its verdict is right. `pieces` is each completion token's text, in order, and must
+    join to `completion`; an item the note left out has no tokens and is not listed."""
+    if "".join(pieces) != completion:
+        raise ValueError("the tokens' texts do not join to the completion")
+    ends, at = [], 0
+    for piece in pieces:
+        at += len(piece)
+        ends.append(at)
+    out = []
+    for span, right in checked_items(completion, meta):
+        if span is None:
+            continue
+        a, b = span
+        out.append(([i for i, e in enumerate(ends) if e > a and e - len(pieces[i]) < b], right))
+    return out
 
 
 @register_reward("agent_checks")

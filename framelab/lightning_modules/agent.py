@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from framelab.agent.rewards import score  # also registers agent_answer and agent_turns
+from framelab.agent.rewards import score, verdict_tokens  # also registers the agent's rewards
 from framelab.agent.data import as_tensor
 from framelab.agent.guide import guided_sample, put_guides
 from framelab.agent.loop import FORCED, AgentConfig, answer_of, renderer_for, run_agent, \
@@ -44,7 +44,8 @@ from framelab.rl.rollout import Rollout, rollout
 
 STAGES = ("sft", "rl")
 AGENT_DEFAULTS = {"max_turns": 5, "max_new_tokens": 48, "overview": 8, "budget": 2048, "k": 3,
-                  "text_weight": 0.5, "index": "tower", "val_episodes": 32, "guide": False}
+                  "text_weight": 0.5, "index": "tower", "val_episodes": 32, "guide": False,
+                  "verdict_credit": 0.0}
 
 
 class AgentModule(PolicyStages, FramelabModule):
@@ -68,6 +69,9 @@ class AgentModule(PolicyStages, FramelabModule):
                             "vision tower's clip embeddings) or pixels (a diagnostic)")
         if int(self.agent_cfg["max_turns"]) < 1:
             raise UserError(f"module.agent.max_turns={self.agent_cfg['max_turns']}: expected >= 1")
+        if float(self.agent_cfg["verdict_credit"]) < 0:
+            raise UserError(f"module.agent.verdict_credit={self.agent_cfg['verdict_credit']}: "
+                            "expected >= 0 (0 turns the per-token credit off)")
         self.stage = stage
         self.init_policy(stage, rl, opd)
         self.model_cfg = dict(model)
@@ -191,6 +195,36 @@ class AgentModule(PolicyStages, FramelabModule):
             if guided:
                 self.log("train/rl/guided_reward", sum(guided) / len(guided))
         return ro
+
+    def token_bonus(self, ro: Rollout) -> list[list[float]] | None:
+        """Per-token credit for the check notes' verdicts (`agent.verdict_credit` = w > 0): the
+        tokens of each verdict item get w * (right - the batch's share of right items) on top of
+        their episode's advantage, so a right verdict is reinforced and a wrong one pushed down
+        where it was written, not through the whole episode's reward."""
+        w = float(self.agent_cfg["verdict_credit"])
+        if w <= 0:
+            return None
+        drop = (self.tokens[VIDEO_PAD], self.tokens[PAD])
+        located = []
+        for ids, text, doc in zip(ro.completions, ro.extra["text"], ro.extra["doc"]):
+            pieces = ["" if t in drop else self.tokenizer.decode([t], skip_special_tokens=False)
+                      for t in ids]
+            try:
+                located.append(verdict_tokens(pieces, text, doc["meta"]))
+            except ValueError:        # a token whose text is not its own (split UTF-8): no credit
+                located.append([])
+        rights = [right for items in located for _, right in items]
+        if not rights:
+            return None
+        base = sum(rights) / len(rights)
+        self.log("train/rl/verdicts_right", base)
+        self.log("train/rl/verdicts_per_sample", len(rights) / len(ro))
+        bonus = [[0.0] * len(ids) for ids in ro.completions]
+        for b, items in zip(bonus, located):
+            for tokens, right in items:
+                for i in tokens:
+                    b[i] += w * (float(right) - base)
+        return bonus
 
     def guide(self, ro: Rollout, docs: list[dict], shared: list[Toolbox], r, turns: int) -> None:
         """Each group's last sample becomes the expert's episode on the real tools when it finds

@@ -20,7 +20,8 @@ optimisation:
    through the clipped policy loss (the released OPD form; `opd.logp_floor` and `opd.kl_clamp`
    clamp the log-probs and the per-token log-ratio as ViCuR's release does, null: no clamp);
    `opd.form=gjsd`: the generalized JSD (`opd.beta`; 1 = reverse KL) on the student's samples
-   (GKD with on-policy data).
+   (GKD with on-policy data). In `rl` a module may add per-token terms to the advantages by
+   overriding `token_bonus(rollout)` (the agent's credit for its verdicts).
 3. **Update**: `rl.epochs` passes over `rl.minibatches` minibatches of whole groups, one optimiser
    step each, the behaviour log-probs held fixed (with one pass and one minibatch they are the
    current log-probs, detached: the ratio is 1 and the gradient is the policy gradient).
@@ -211,6 +212,9 @@ class PolicyStages:
         for name in self.rewards.names:
             out[f"reward/{name}"] = sum(ro.extra[f"term/{name}"]) / len(ro)
         adv = group_advantages(rewards, g, cfg["scale"]) if self.stage == "rl" else None
+        bonus = self.token_bonus(ro) if adv is not None else None
+        if bonus is not None:
+            ro.extra["token_bonus"] = bonus
         groups = list(range(len(ro) // g))
         chunks = [groups[i::int(cfg["minibatches"])] for i in range(int(cfg["minibatches"]))]
         chunks = [c for c in chunks if c]
@@ -296,6 +300,10 @@ class PolicyStages:
                                  clamp=self.opd_cfg["kl_clamp"],
                                  logp_floor=self.opd_cfg["logp_floor"])
             teacher_kl = (old - t["logp"])[mask].mean().item()
+        if adv is not None and "token_bonus" in part.extra:       # (B,) -> (B, T)
+            flat = [x for b in part.extra["token_bonus"] for x in b]
+            adv = adv.unsqueeze(1) + packed.padded(torch.tensor(flat, device=old.device,
+                                                                dtype=old.dtype))
         loss, stats = self.clipped_loss(cur, old, adv, mask, ref)
         # the rollout's log-probs against the update's (verl's rollout_probs_diff): a mismatch
         # between generation and training numerics shows here
@@ -305,6 +313,11 @@ class PolicyStages:
         if self.stage == "opd":
             stats["teacher_kl"] = teacher_kl
         return loss, stats
+
+    def token_bonus(self, ro: Rollout) -> list[list[float]] | None:
+        """Per-token terms a module adds to the `rl` stage's advantages (one list per completion,
+        one value per completion token), or None: the episode's advantage on every token."""
+        return None
 
     # ---- the teacher's input ----------------------------------------------------------------
     def teacher_input(self, doc: dict, videos: list) -> tuple[list[int], list]:

@@ -1,11 +1,17 @@
 """The process reward on check-note verdicts (`agent_checks`, framelab.agent.rewards): the
 expert's episode on the real tools earns 1, each wrong or missing verdict costs its share, the
-zoom before the forced finish is not scored, and a rollout's meta must say the video's size."""
+zoom before the forced finish is not scored, and a rollout's meta must say the video's size;
+with `agent.verdict_credit` each verdict is credited on its own tokens."""
+from types import SimpleNamespace
+
 import pytest
 
 from framelab.agent.data import note_checks
 from framelab.agent.rewards import agent_checks_reward, verdicts
+from framelab.datamodules.special_tokens import PAD, VIDEO_PAD
 from framelab.errors import UserError
+from framelab.lightning_modules.agent import AgentModule
+from framelab.rl.rollout import Rollout
 from tests.agent.helpers import model
 from tests.agent.test_guide import guided, tok  # noqa: F401  (the module's tokenizer fixture)
 
@@ -51,3 +57,36 @@ def test_a_meta_without_the_videos_size_is_one_error_line(tok):
     meta.pop("video")
     with pytest.raises(UserError, match="meta\\['video'\\]"):
         agent_checks_reward(text, meta)
+
+
+def test_each_verdict_is_credited_on_the_tokens_that_wrote_it(tok):
+    """`agent.verdict_credit`: the tokens of each check-note item get w * (right - the batch's
+    share of right items); a flipped verdict's tokens are pushed down, every other item's are
+    pushed up, and no other token gets anything."""
+    pad = {VIDEO_PAD: tok.token_to_id(VIDEO_PAD), PAD: tok.token_to_id(PAD)}
+    host = SimpleNamespace(agent_cfg={"verdict_credit": 0.5}, tokens=pad, tokenizer=tok,
+                           log=lambda *a, **k: None)
+    for meta, text in expert_texts(tok)[:4]:
+        ids = [t for t in tok.encode(text, add_special_tokens=False).ids if t not in pad.values()]
+        clean = tok.decode(ids, skip_special_tokens=False)
+        first = clean.index(" yes") if " yes" in clean else clean.index(" no")
+        word = " yes" if clean[first:].startswith(" yes") else " no"
+        flipped = clean[:first] + (" no" if word == " yes" else " yes") + clean[first + len(word):]
+        ids2 = tok.encode(flipped, add_special_tokens=False).ids
+        comps = [ids, ids2]
+        ro = Rollout([[]] * 2, [[]] * 2, comps, [[True] * len(c) for c in comps],
+                     [[0.0] * len(c) for c in comps], [True] * 2, [False] * 2, [1, 1], [0, 0], 2,
+                     {"text": [clean, flipped], "doc": [{"meta": meta}] * 2})
+        bonus = AgentModule.token_bonus(host, ro)
+        asked = verdicts(clean, meta)[1]
+        base = (2 * asked - 1) / (2 * asked)
+        up, down = 0.5 * (1 - base), -0.5 * base
+        assert {round(x, 6) for x in bonus[0]} == {0.0, round(up, 6)}, bonus[0]
+        others = {round(up, 6)} if asked > 1 else set()         # the items left right
+        assert {round(x, 6) for x in bonus[1]} == {0.0, round(down, 6)} | others, bonus[1]
+        pieces = lambda c, b, v: "".join(tok.decode([t], skip_special_tokens=False)  # noqa: E731
+                                         for t, x in zip(c, b) if abs(x - v) < 1e-9)
+        assert pieces(ids, bonus[0], up).count("yes") + pieces(ids, bonus[0], up).count("no") \
+            == asked
+        wrong = pieces(ids2, bonus[1], down)
+        assert wrong.strip().endswith(("yes", "no")) and "," not in wrong and wrong in flipped, wrong
