@@ -43,7 +43,8 @@ def small_data(name: str, real_shards: Path, teacher=None) -> list[str]:
         out += ["module.opd.teacher=null", "module.opd.teacher_prompt=answer"]
     module = composed(name).module
     if module.get("agent") is not None and module.stage == "rl":   # guides and verdict credit too
-        out += ["module.agent.guide=true", "data.note_form=checks", "module.agent.verdict_credit=1.0"]
+        out += ["module.agent.guide=true", "data.note_form=checks",
+                "module.agent.verdict_credit=1.0"]
     if module.get("latent") is not None:                                        # Future-L1
         out += ["module.latent.budget=4", "module.evaluation.max_new_tokens=2"]
         if module.stage == "rl":
