@@ -93,10 +93,13 @@ def zoomed_frames(call: str | None, video: dict) -> list[int] | None:
     return zoom_indices(n, fps, lo, hi, args["frames"]).tolist()
 
 
-def checked_items(completion: str, meta: dict) -> list[tuple[tuple[int, int] | None, bool]]:
-    """One entry per verdict `agent_checks` scores (module docstring): the characters of the
-    item in `completion` (None for an asked object the note left out, or a note not found
-    verbatim in its turn) and whether its verdict is right against what the zoom showed."""
+def checked_items(completion: str, meta: dict) -> list[tuple[tuple[int, int], bool, bool]]:
+    """One entry per verdict `agent_checks` scores (module docstring): the characters of
+    `completion` that hold it, whether it is right against what the zoom showed, and whether the
+    note wrote it. A written
+    item is held by its own characters (letter, name and verdict); an asked object the note left
+    out, by the first character of the turn the note belongs to (where writing it was decided),
+    and it counts as wrong."""
     if "video" not in meta:
         raise UserError("the agent_checks reward needs the video's frame count, fps and "
                         "max_turns in the rollout's meta['video']; use it with experiment=agent_rl")
@@ -110,43 +113,40 @@ def checked_items(completion: str, meta: dict) -> list[tuple[tuple[int, int] | N
         shown = zoomed_frames(call, meta["video"])
         if shown is None or j + 1 >= int(meta["video"]["max_turns"]) - 1:
             continue
-        note = turns[j + 1][0]
+        note, turn = turns[j + 1][0], starts[j + 1]
         at = texts[j + 1].find(note) if note else -1
         said = {name: (verdict, a, b) for name, verdict, a, b in note_check_spans(note)}
         for _, name in items:
-            if name not in said:
-                out.append((None, False))
+            if name not in said or at < 0:
+                out.append(((turn, turn + 1), False, False))
                 continue
             verdict, a, b = said[name]
-            span = (starts[j + 1] + at + a, starts[j + 1] + at + b) if at >= 0 else None
-            out.append((span, verdict == visible(meta["objects"], name, shown)))
+            out.append(((turn + at + a, turn + at + b),
+                        verdict == visible(meta["objects"], name, shown), True))
     return out
 
 
 def verdicts(completion: str, meta: dict) -> tuple[int, int]:
     """(right, asked) over the check notes written after the episode's zooms (module docstring)."""
     items = checked_items(completion, meta)
-    return sum(right for _, right in items), len(items)
+    return sum(right for _, right, _ in items), len(items)
 
 
-def verdict_tokens(pieces: list[str], completion: str, meta: dict) -> list[tuple[list[int], bool]]:
-    """Per-token credit for the verdicts (`module.agent.verdict_credit`): for each scored item that
-    the completion wrote, the indices of the tokens that spell it (letter, name and verdict) and
-    whether its verdict is right. `pieces` is each completion token's text, in order, and must
-    join to `completion`; an item the note left out has no tokens and is not listed."""
+def verdict_tokens(pieces: list[str], completion: str,
+                   meta: dict) -> list[tuple[list[int], bool, bool]]:
+    """Per-token credit for the verdicts (`module.agent.verdict_credit`): for each scored item,
+    the indices of the tokens that hold it (`checked_items`: its own tokens, or for an item the
+    note left out the first token of the turn it belongs to), whether it is right and whether it
+    was written. `pieces` is each completion token's text, in order, and must join to
+    `completion`."""
     if "".join(pieces) != completion:
         raise ValueError("the tokens' texts do not join to the completion")
     ends, at = [], 0
     for piece in pieces:
         at += len(piece)
         ends.append(at)
-    out = []
-    for span, right in checked_items(completion, meta):
-        if span is None:
-            continue
-        a, b = span
-        out.append(([i for i, e in enumerate(ends) if e > a and e - len(pieces[i]) < b], right))
-    return out
+    return [([i for i, e in enumerate(ends) if e > a and e - len(pieces[i]) < b], right, written)
+            for (a, b), right, written in checked_items(completion, meta)]
 
 
 @register_reward("agent_checks")

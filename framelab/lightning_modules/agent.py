@@ -200,7 +200,9 @@ class AgentModule(PolicyStages, FramelabModule):
         """Per-token credit for the check notes' verdicts (`agent.verdict_credit` = w > 0): the
         tokens of each verdict item get w * (right - the batch's share of right items) on top of
         their episode's advantage, so a right verdict is reinforced and a wrong one pushed down
-        where it was written, not through the whole episode's reward."""
+        where it was written, not through the whole episode's reward. An item the note left out
+        is wrong, charged to the first token of its turn: leaving a verdict out costs what a
+        wrong one does."""
         w = float(self.agent_cfg["verdict_credit"])
         if w <= 0:
             return None
@@ -213,15 +215,17 @@ class AgentModule(PolicyStages, FramelabModule):
                 located.append(verdict_tokens(pieces, text, doc["meta"]))
             except ValueError:        # a token whose text is not its own (split UTF-8): no credit
                 located.append([])
-        rights = [right for items in located for _, right in items]
+        rights = [right for items in located for _, right, _ in items]
         if not rights:
             return None
         base = sum(rights) / len(rights)
         self.log("train/rl/verdicts_right", base)
-        self.log("train/rl/verdicts_per_sample", len(rights) / len(ro))
+        self.log("train/rl/verdicts_asked", len(rights) / len(ro))
+        self.log("train/rl/verdicts_written",
+                 sum(wrote for items in located for _, _, wrote in items) / len(rights))
         bonus = [[0.0] * len(ids) for ids in ro.completions]
         for b, items in zip(bonus, located):
-            for tokens, right in items:
+            for tokens, right, _ in items:
                 for i in tokens:
                     b[i] += w * (float(right) - base)
         return bonus

@@ -60,34 +60,44 @@ def test_a_meta_without_the_videos_size_is_one_error_line(tok):
 
 
 def test_each_verdict_is_credited_on_the_tokens_that_wrote_it(tok):
-    """`agent.verdict_credit`: the tokens of each check-note item get w * (right - the batch's
-    share of right items); a flipped verdict's tokens are pushed down, every other item's are
-    pushed up, and no other token gets anything."""
+    """`agent.verdict_credit`: each item's tokens get w * (right - the batch's share of right
+    items); a flipped verdict's tokens are pushed down, every other item's are pushed up, a note
+    left out is charged its items at the first token of its turn, and no other token gets
+    anything."""
     pad = {VIDEO_PAD: tok.token_to_id(VIDEO_PAD), PAD: tok.token_to_id(PAD)}
     host = SimpleNamespace(agent_cfg={"verdict_credit": 0.5}, tokens=pad, tokenizer=tok,
                            log=lambda *a, **k: None)
+    encode = lambda text: tok.encode(text, add_special_tokens=False).ids  # noqa: E731
     for meta, text in expert_texts(tok)[:4]:
-        ids = [t for t in tok.encode(text, add_special_tokens=False).ids if t not in pad.values()]
-        clean = tok.decode(ids, skip_special_tokens=False)
+        clean = tok.decode([t for t in encode(text) if t not in pad.values()],
+                           skip_special_tokens=False)
         first = clean.index(" yes") if " yes" in clean else clean.index(" no")
         word = " yes" if clean[first:].startswith(" yes") else " no"
         flipped = clean[:first] + (" no" if word == " yes" else " yes") + clean[first + len(word):]
-        ids2 = tok.encode(flipped, add_special_tokens=False).ids
-        comps = [ids, ids2]
-        ro = Rollout([[]] * 2, [[]] * 2, comps, [[True] * len(c) for c in comps],
-                     [[0.0] * len(c) for c in comps], [True] * 2, [False] * 2, [1, 1], [0, 0], 2,
-                     {"text": [clean, flipped], "doc": [{"meta": meta}] * 2})
+        at = clean.index("check: ")
+        note = clean[at:clean.index("<tool_call>", at)]
+        dropped = clean.replace(note, "", 1)            # the first note left out
+        texts = [clean, flipped, dropped]
+        comps = [encode(t) for t in texts]
+        ro = Rollout([[]] * 3, [[]] * 3, comps, [[True] * len(c) for c in comps],
+                     [[0.0] * len(c) for c in comps], [True] * 3, [False] * 3, [1] * 3, [0] * 3, 3,
+                     {"text": texts, "doc": [{"meta": meta}] * 3})
         bonus = AgentModule.token_bonus(host, ro)
-        asked = verdicts(clean, meta)[1]
-        base = (2 * asked - 1) / (2 * asked)
+        asked, missing = verdicts(clean, meta)[1], len(note_checks(note))
+        base = (3 * asked - 1 - missing) / (3 * asked)
         up, down = 0.5 * (1 - base), -0.5 * base
-        assert {round(x, 6) for x in bonus[0]} == {0.0, round(up, 6)}, bonus[0]
+        values = lambda b: {round(x, 6) for x in b}  # noqa: E731
+        assert values(bonus[0]) == {0.0, round(up, 6)}, bonus[0]
         others = {round(up, 6)} if asked > 1 else set()         # the items left right
-        assert {round(x, 6) for x in bonus[1]} == {0.0, round(down, 6)} | others, bonus[1]
-        pieces = lambda c, b, v: "".join(tok.decode([t], skip_special_tokens=False)  # noqa: E731
-                                         for t, x in zip(c, b) if abs(x - v) < 1e-9)
-        assert pieces(ids, bonus[0], up).count("yes") + pieces(ids, bonus[0], up).count("no") \
-            == asked
-        wrong = pieces(ids2, bonus[1], down)
+        assert values(bonus[1]) == {0.0, round(down, 6)} | others, bonus[1]
+        texts_at = lambda c, b, v: "".join(tok.decode([t], skip_special_tokens=False)  # noqa: E731
+                                           for t, x in zip(c, b) if abs(x - v) < 1e-9)
+        right = texts_at(comps[0], bonus[0], up)
+        assert right.count("yes") + right.count("no") == asked, right
+        wrong = texts_at(comps[1], bonus[1], down)
         assert wrong.strip().endswith(("yes", "no")) and "," not in wrong, wrong
         assert wrong in flipped, wrong
+        charged = [i for i, x in enumerate(bonus[2]) if abs(x - missing * down) < 1e-9]
+        assert len(charged) == 1, bonus[2]
+        before = tok.decode(comps[2][:charged[0]], skip_special_tokens=False)
+        assert before == dropped[:at], (before, dropped[:at])   # where the note would begin
