@@ -31,6 +31,8 @@ All read the rollout's decoded completion, special tokens kept (`AgentModule.dec
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from framelab.agent.data import asked_items, note_check_spans, visible
 from framelab.agent.loop import answer_of, split_call
 from framelab.agent.tools import ToolError, parse_call, zoom_indices, zoom_span
@@ -93,13 +95,20 @@ def zoomed_frames(call: str | None, video: dict) -> list[int] | None:
     return zoom_indices(n, fps, lo, hi, args["frames"]).tolist()
 
 
-def checked_items(completion: str, meta: dict) -> list[tuple[tuple[int, int], bool, bool]]:
-    """One entry per verdict `agent_checks` scores (module docstring): the characters of
-    `completion` that hold it, whether it is right against what the zoom showed, and whether the
-    note wrote it. A written
-    item is held by its own characters (letter, name and verdict); an asked object the note left
-    out, by the first character of the turn the note belongs to (where writing it was decided),
-    and it counts as wrong."""
+class Check(NamedTuple):
+    """One verdict `agent_checks` scores: the characters of the completion that hold it, whether
+    the asked object is in the zoom's frames (`seen`, the right verdict), whether the note wrote
+    a verdict on it, and whether that verdict is right (a verdict left out is wrong)."""
+    span: tuple[int, int]
+    seen: bool
+    written: bool
+    right: bool
+
+
+def checked_items(completion: str, meta: dict) -> list[Check]:
+    """Every verdict `agent_checks` scores (module docstring). A written item is held by its own
+    characters (letter, name and verdict); an asked object the note left out, by the first
+    character of the turn the note belongs to, where writing it was decided."""
     if "video" not in meta:
         raise UserError("the agent_checks reward needs the video's frame count, fps and "
                         "max_turns in the rollout's meta['video']; use it with experiment=agent_rl")
@@ -117,36 +126,34 @@ def checked_items(completion: str, meta: dict) -> list[tuple[tuple[int, int], bo
         at = texts[j + 1].find(note) if note else -1
         said = {name: (verdict, a, b) for name, verdict, a, b in note_check_spans(note)}
         for _, name in items:
+            seen = visible(meta["objects"], name, shown)
             if name not in said or at < 0:
-                out.append(((turn, turn + 1), False, False))
+                out.append(Check((turn, turn + 1), seen, False, False))
                 continue
             verdict, a, b = said[name]
-            out.append(((turn + at + a, turn + at + b),
-                        verdict == visible(meta["objects"], name, shown), True))
+            out.append(Check((turn + at + a, turn + at + b), seen, True, verdict == seen))
     return out
 
 
 def verdicts(completion: str, meta: dict) -> tuple[int, int]:
     """(right, asked) over the check notes written after the episode's zooms (module docstring)."""
     items = checked_items(completion, meta)
-    return sum(right for _, right, _ in items), len(items)
+    return sum(c.right for c in items), len(items)
 
 
-def verdict_tokens(pieces: list[str], completion: str,
-                   meta: dict) -> list[tuple[list[int], bool, bool]]:
-    """Per-token credit for the verdicts (`module.agent.verdict_credit`): for each scored item,
-    the indices of the tokens that hold it (`checked_items`: its own tokens, or for an item the
-    note left out the first token of the turn it belongs to), whether it is right and whether it
-    was written. `pieces` is each completion token's text, in order, and must join to
-    `completion`."""
+def verdict_tokens(pieces: list[str], completion: str, meta: dict) -> list[tuple[list[int], Check]]:
+    """Per-token credit for the verdicts (`module.agent.verdict_credit`): each scored verdict with
+    the indices of the tokens that hold it (`checked_items`: its own tokens, or for one the note
+    left out the first token of its turn). `pieces` is each completion token's text, in order,
+    and must join to `completion`."""
     if "".join(pieces) != completion:
         raise ValueError("the tokens' texts do not join to the completion")
     ends, at = [], 0
     for piece in pieces:
         at += len(piece)
         ends.append(at)
-    return [([i for i, e in enumerate(ends) if e > a and e - len(pieces[i]) < b], right, written)
-            for (a, b), right, written in checked_items(completion, meta)]
+    return [([i for i, e in enumerate(ends) if e > c.span[0] and e - len(pieces[i]) < c.span[1]], c)
+            for c in checked_items(completion, meta)]
 
 
 @register_reward("agent_checks")

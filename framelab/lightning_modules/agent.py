@@ -24,6 +24,8 @@ agent checkpoint.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 from framelab.agent.rewards import score, verdict_tokens  # also registers the agent's rewards
@@ -197,12 +199,15 @@ class AgentModule(PolicyStages, FramelabModule):
         return ro
 
     def token_bonus(self, ro: Rollout) -> list[list[float]] | None:
-        """Per-token credit for the check notes' verdicts (`agent.verdict_credit` = w > 0): the
-        tokens of each verdict item get w * (right - the batch's share of right items) on top of
-        their episode's advantage, so a right verdict is reinforced and a wrong one pushed down
-        where it was written, not through the whole episode's reward. An item the note left out
-        is wrong, charged to the first token of its turn: leaving a verdict out costs what a
-        wrong one does."""
+        """Per-token credit for the check notes' verdicts (`agent.verdict_credit` = w > 0). The
+        tokens of each verdict get w * c * (right - p) on top of their episode's advantage: a
+        right verdict is reinforced and a wrong one pushed down where it was written, not through
+        the whole episode's reward. A verdict the note left out is wrong, charged to the first
+        token of its turn, so leaving one out costs what a wrong one does. The two kinds of
+        verdict, on an object the zoom showed (yes is right) and on one it did not (no is right),
+        weigh half of the step's verdicts each (c = N / (2 N_kind)), and p is the share right
+        under those weights (the balanced accuracy): most asked objects are not in a zoom, and
+        unweighted credit pays a policy that says no to everything."""
         w = float(self.agent_cfg["verdict_credit"])
         if w <= 0:
             return None
@@ -215,19 +220,24 @@ class AgentModule(PolicyStages, FramelabModule):
                 located.append(verdict_tokens(pieces, text, doc["meta"]))
             except ValueError:        # a token whose text is not its own (split UTF-8): no credit
                 located.append([])
-        rights = [right for items in located for _, right, _ in items]
-        if not rights:
+        checks = [c for items in located for _, c in items]
+        if not checks:
             return None
-        base = sum(rights) / len(rights)
-        self.log("train/rl/verdicts_right", base)
-        self.log("train/rl/verdicts_asked", len(rights) / len(ro))
-        self.log("train/rl/verdicts_written",
-                 sum(wrote for items in located for _, _, wrote in items) / len(rights))
+        kinds = Counter(c.seen for c in checks)
+        weight = {k: len(checks) / (len(kinds) * n) for k, n in kinds.items()}
+        base = sum(weight[c.seen] * c.right for c in checks) / len(checks)
+        shown = [c.right for c in checks if c.seen]
+        self.log("train/rl/verdicts_balanced", base)
+        self.log("train/rl/verdicts_right", sum(c.right for c in checks) / len(checks))
+        if shown:
+            self.log("train/rl/verdicts_yes_right", sum(shown) / len(shown))
+        self.log("train/rl/verdicts_asked", len(checks) / len(ro))
+        self.log("train/rl/verdicts_written", sum(c.written for c in checks) / len(checks))
         bonus = [[0.0] * len(ids) for ids in ro.completions]
         for b, items in zip(bonus, located):
-            for tokens, right, _ in items:
+            for tokens, c in items:
                 for i in tokens:
-                    b[i] += w * (float(right) - base)
+                    b[i] += w * weight[c.seen] * (float(c.right) - base)
         return bonus
 
     def guide(self, ro: Rollout, docs: list[dict], shared: list[Toolbox], r, turns: int) -> None:

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from framelab.agent.data import note_checks
-from framelab.agent.rewards import agent_checks_reward, verdicts
+from framelab.agent.rewards import agent_checks_reward, checked_items, verdict_tokens, \
+    verdicts
 from framelab.datamodules.special_tokens import PAD, VIDEO_PAD
 from framelab.errors import UserError
 from framelab.lightning_modules.agent import AgentModule
@@ -59,45 +60,66 @@ def test_a_meta_without_the_videos_size_is_one_error_line(tok):
         agent_checks_reward(text, meta)
 
 
-def test_each_verdict_is_credited_on_the_tokens_that_wrote_it(tok):
-    """`agent.verdict_credit`: each item's tokens get w * (right - the batch's share of right
-    items); a flipped verdict's tokens are pushed down, every other item's are pushed up, a note
-    left out is charged its items at the first token of its turn, and no other token gets
-    anything."""
+def credit(tok, meta, texts, w=0.5):
+    """AgentModule.token_bonus on one group of `texts` (episodes of one question)."""
     pad = {VIDEO_PAD: tok.token_to_id(VIDEO_PAD), PAD: tok.token_to_id(PAD)}
-    host = SimpleNamespace(agent_cfg={"verdict_credit": 0.5}, tokens=pad, tokenizer=tok,
+    host = SimpleNamespace(agent_cfg={"verdict_credit": w}, tokens=pad, tokenizer=tok,
                            log=lambda *a, **k: None)
-    encode = lambda text: tok.encode(text, add_special_tokens=False).ids  # noqa: E731
-    for meta, text in expert_texts(tok)[:4]:
-        clean = tok.decode([t for t in encode(text) if t not in pad.values()],
-                           skip_special_tokens=False)
+    comps = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+    n = len(texts)
+    ro = Rollout([[]] * n, [[]] * n, comps, [[True] * len(c) for c in comps],
+                 [[0.0] * len(c) for c in comps], [True] * n, [False] * n, [1] * n, [0] * n, n,
+                 {"text": list(texts), "doc": [{"meta": meta}] * n})
+    return comps, AgentModule.token_bonus(host, ro)
+
+
+def clean_texts(tok):
+    """(meta, completion without video placeholders) of the expert's check-note episodes."""
+    pad = (tok.token_to_id(VIDEO_PAD), tok.token_to_id(PAD))
+    return [(meta, tok.decode([t for t in tok.encode(text, add_special_tokens=False).ids
+                               if t not in pad], skip_special_tokens=False))
+            for meta, text in expert_texts(tok)]
+
+
+def test_each_verdict_is_credited_on_the_tokens_that_wrote_it(tok):
+    """`agent.verdict_credit`: a right verdict's tokens are pushed up, a flipped one's down, a
+    note left out is charged at the first token of its turn, and no other token gets anything."""
+    for meta, clean in clean_texts(tok)[:4]:
         first = clean.index(" yes") if " yes" in clean else clean.index(" no")
         word = " yes" if clean[first:].startswith(" yes") else " no"
         flipped = clean[:first] + (" no" if word == " yes" else " yes") + clean[first + len(word):]
         at = clean.index("check: ")
-        note = clean[at:clean.index("<tool_call>", at)]
-        dropped = clean.replace(note, "", 1)            # the first note left out
-        texts = [clean, flipped, dropped]
-        comps = [encode(t) for t in texts]
-        ro = Rollout([[]] * 3, [[]] * 3, comps, [[True] * len(c) for c in comps],
-                     [[0.0] * len(c) for c in comps], [True] * 3, [False] * 3, [1] * 3, [0] * 3, 3,
-                     {"text": texts, "doc": [{"meta": meta}] * 3})
-        bonus = AgentModule.token_bonus(host, ro)
-        asked, missing = verdicts(clean, meta)[1], len(note_checks(note))
-        base = (3 * asked - 1 - missing) / (3 * asked)
-        up, down = 0.5 * (1 - base), -0.5 * base
-        values = lambda b: {round(x, 6) for x in b}  # noqa: E731
-        assert values(bonus[0]) == {0.0, round(up, 6)}, bonus[0]
-        others = {round(up, 6)} if asked > 1 else set()         # the items left right
-        assert values(bonus[1]) == {0.0, round(down, 6)} | others, bonus[1]
-        texts_at = lambda c, b, v: "".join(tok.decode([t], skip_special_tokens=False)  # noqa: E731
-                                           for t, x in zip(c, b) if abs(x - v) < 1e-9)
-        right = texts_at(comps[0], bonus[0], up)
-        assert right.count("yes") + right.count("no") == asked, right
-        wrong = texts_at(comps[1], bonus[1], down)
+        dropped = clean.replace(clean[at:clean.index("<tool_call>", at)], "", 1)
+        comps, bonus = credit(tok, meta, [clean, flipped, dropped])
+        text_of = lambda c, b, keep: "".join(  # noqa: E731
+            tok.decode([t], skip_special_tokens=False) for t, x in zip(c, b) if keep(x))
+        right = text_of(comps[0], bonus[0], lambda x: x > 0)
+        assert right.count("yes") + right.count("no") == verdicts(clean, meta)[1], right
+        assert text_of(comps[0], bonus[0], lambda x: x < 0) == "", bonus[0]
+        wrong = text_of(comps[1], bonus[1], lambda x: x < 0)
         assert wrong.strip().endswith(("yes", "no")) and "," not in wrong, wrong
         assert wrong in flipped, wrong
-        charged = [i for i, x in enumerate(bonus[2]) if abs(x - missing * down) < 1e-9]
+        charged = [i for i, x in enumerate(bonus[2]) if x < 0]
         assert len(charged) == 1, bonus[2]
         before = tok.decode(comps[2][:charged[0]], skip_special_tokens=False)
         assert before == dropped[:at], (before, dropped[:at])   # where the note would begin
+
+
+def test_saying_no_to_everything_earns_no_net_credit(tok):
+    """Verdicts on objects the zoom showed and on objects it did not weigh half each: a group
+    that says no to every object is pushed down on the shown ones by as much as it is pushed up
+    on the others, though most of its verdicts are right."""
+    tested, kinds = 0, [0, 0]           # (verdicts on objects not shown, on objects shown)
+    for meta, clean in clean_texts(tok):
+        checks = checked_items(clean, meta)
+        if not any(c.seen for c in checks) or all(c.seen for c in checks):
+            continue
+        all_no = clean.replace(" yes", " no")
+        comps, bonus = credit(tok, meta, [all_no] * 2)
+        pieces = [tok.decode([t], skip_special_tokens=False) for t in comps[0]]
+        per_check = [(c, bonus[0][idx[-1]]) for idx, c in verdict_tokens(pieces, all_no, meta)]
+        assert all((x < 0) == c.seen for c, x in per_check), per_check
+        assert abs(sum(x for _, x in per_check)) < 1e-9, per_check
+        kinds = [kinds[0] + sum(not c.seen for c in checks), kinds[1] + sum(c.seen for c in checks)]
+        tested += 1
+    assert tested and kinds[0] > kinds[1], (tested, kinds)      # no is the right verdict mostly
