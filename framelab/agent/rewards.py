@@ -107,8 +107,9 @@ class Check(NamedTuple):
 
 def checked_items(completion: str, meta: dict) -> list[Check]:
     """Every verdict `agent_checks` scores (module docstring). A written item is held by its own
-    characters (letter, name and verdict); an asked object the note left out, by the first
-    character of the turn the note belongs to, where writing it was decided."""
+    characters (letter, name and verdict); an asked object the note left out (or a note not
+    found verbatim in its turn), by the first character of the turn the note belongs to, where
+    writing it was decided."""
     if "video" not in meta:
         raise UserError("the agent_checks reward needs the video's frame count, fps and "
                         "max_turns in the rollout's meta['video']; use it with experiment=agent_rl")
@@ -127,11 +128,12 @@ def checked_items(completion: str, meta: dict) -> list[Check]:
         said = {name: (verdict, a, b) for name, verdict, a, b in note_check_spans(note)}
         for _, name in items:
             seen = visible(meta["objects"], name, shown)
-            if name not in said or at < 0:
+            if name not in said:
                 out.append(Check((turn, turn + 1), seen, False, False))
                 continue
             verdict, a, b = said[name]
-            out.append(Check((turn + at + a, turn + at + b), seen, True, verdict == seen))
+            span = (turn + at + a, turn + at + b) if at >= 0 else (turn, turn + 1)
+            out.append(Check(span, seen, True, verdict == seen))
     return out
 
 
