@@ -8,7 +8,7 @@
 The checkpoint is an agent (`experiment=agent_sft` / `agent_rl`) or any video-LLM checkpoint of the
 world tokenizer; the tokenizer is read from the cache (FRAMELAB_CACHE, else ./data_cache, as
 `framelab fit` does) or `--tokenizer FILE`. A video file is decoded at `--fps` (default 8) up to
-`--max-frames` frames and resized to the model's frame size (`--size`, default 32).
+`--max-frames` frames and resized to the agent's frame size (`--size`, default 64: the default tower's).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from framelab.agent.data import FRAME_SIZE
 from framelab.errors import UserError
 
 
@@ -128,7 +129,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--question", help="required with --video; a shard's own question otherwise")
     p.add_argument("--fps", type=float, default=8.0)
     p.add_argument("--max-frames", type=int, default=2048)
-    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--size", type=int, default=FRAME_SIZE,
+                   help="frame side in pixels: the one the agent trained at")
     p.add_argument("--max-turns", type=int, default=AgentConfig.max_turns)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)

@@ -64,6 +64,10 @@ from framelab.world.tasks.common import LETTERS
 WHAT_QUERY = "object seen briefly"
 CHECK = "check: "
 NOTE_FORMS = ("names", "checks")
+# Frame side (pixels) the agent renders the needle videos at: the default run's tower learns at
+# 64 px, where a linear probe reads shape from its tokens at 98 %; at 32 px, at 52-57 %
+# (`framelab bench probe --size`, docs/agent.md).
+FRAME_SIZE = 64
 
 
 def episode(split: str, index: int, params: dict, world_seed: int = 0) -> dict:
@@ -210,7 +214,7 @@ class _Episodes(Dataset):
 
 class AgentDataModule(L.LightningDataModule):
     def __init__(self, lengths=(64, 128, 256, 512), depths=(0.0, 0.25, 0.5, 0.75, 1.0),
-                 samples: dict | None = None, size: int = 32, patch_size: int = 8,
+                 samples: dict | None = None, size: int = FRAME_SIZE, patch_size: int = 8,
                  when_prob: float = 0.5, overview: int = 8, direct_frames: int = 16,
                  miss_prob: float = 0.3, direct_prob: float = 0.2, notes: bool = True,
                  note_form: str = "names", batch_size: int = 8,

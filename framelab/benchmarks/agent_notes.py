@@ -37,12 +37,12 @@ import time
 import numpy as np
 import torch
 
-from framelab.agent.data import note_checks
+from framelab.agent.data import FRAME_SIZE, note_checks
 from framelab.benchmarks._common import machine, print_table, write_json
 from framelab.errors import UserError
 
 PARAMS = {"lengths": [64, 128, 256, 512, 1024, 2048], "depths": [0.0, 0.25, 0.5, 0.75, 1.0],
-          "size": 32, "when_prob": 0.5}
+          "when_prob": 0.5}
 NOTE = "seen: "
 
 
@@ -85,7 +85,8 @@ def forced_zoom(ep: dict, rng: np.random.Generator, zoom: str = "right"):
 
 
 @torch.no_grad()
-def report(model, tok, questions: int, samples: int, seed: int = 0, zoom: str = "right") -> dict:
+def report(model, tok, questions: int, samples: int, seed: int = 0, zoom: str = "right",
+           size: int = FRAME_SIZE) -> dict:
     """The figures of the module docstring, per question type, after the right zoom or a miss
     (`zoom`); a question whose video has no span away from the needle's is left out of `miss`."""
     from framelab.agent.data import as_tensor, episode
@@ -99,7 +100,7 @@ def report(model, tok, questions: int, samples: int, seed: int = 0, zoom: str = 
     gen = torch.Generator().manual_seed(seed)
     rows: dict[str, list[dict]] = {}
     for i in range(questions):
-        ep = episode("test", i, PARAMS)
+        ep = episode("test", i, {**PARAMS, "size": size})
         forced = forced_zoom(ep, np.random.default_rng([seed, i]), zoom)
         if forced is None:
             continue
@@ -147,6 +148,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--questions", type=int, default=120)
     p.add_argument("--samples", type=int, default=4, help="samples at temperature 1 a question")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=FRAME_SIZE,
+                   help="frame side in pixels: the one the agent trained at")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -157,11 +160,13 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     model, tok = load_agent(args.ckpt)
     t0 = time.perf_counter()
-    result = report(model, tok, args.questions, args.samples, args.seed, args.zoom)
+    result = report(model, tok, args.questions, args.samples, args.seed, args.zoom,
+                    args.size)
     columns = ["type", "questions", "greedy", "sampled", "distinct", "needle", "colour", "shape",
                "pair", "count", "checks", "if_named", "zooms", "zooms_if_unnamed"]
     print_table([{"type": q, **{k: (f"{v:.3f}" if isinstance(v, float) else v)
                                 for k, v in row.items()}} for q, row in result.items()], columns)
     write_json(args.json, {"by_type": result, "ckpt": args.ckpt, "zoom": args.zoom,
+                           "size": args.size,
                            "machine": machine(), "seconds": time.perf_counter() - t0})
     return 0

@@ -39,6 +39,7 @@ import time
 import numpy as np
 import torch
 
+from framelab.agent.data import FRAME_SIZE
 from framelab.benchmarks._common import machine, print_table, write_json
 from framelab.errors import UserError
 
@@ -219,7 +220,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--features", choices=("tower", "pixels"), default="tower",
                    help="search features: the tower's clip embeddings, or raw pixels (diagnostic)")
-    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--size", type=int, default=FRAME_SIZE,
+                   help="frame side in pixels: the one the agent trained at")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
     p.add_argument("--plot", nargs="?", const="vniah.png", default=None,
