@@ -8,7 +8,8 @@
 The checkpoint is an agent (`experiment=agent_sft` / `agent_rl`) or any video-LLM checkpoint of the
 world tokenizer; the tokenizer is read from the cache (FRAMELAB_CACHE, else ./data_cache, as
 `framelab fit` does) or `--tokenizer FILE`. A video file is decoded at `--fps` (default 8) up to
-`--max-frames` frames and resized to the agent's frame size (`--size`, default 64: the default tower's).
+`--max-frames` frames and resized to the agent's frame size (`--size`, default 64, the size the
+default run's tower learns at).
 """
 from __future__ import annotations
 
