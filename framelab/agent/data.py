@@ -28,6 +28,12 @@ ring yes, C ...` for "what" (every option). Each verdict is one yes/no about one
 the zoom's frames, and the answer is the option whose verdict is yes: the note does the binding
 and the letter lookup in the open, where a list leaves both to the next token.
 
+`note_form="both"` writes the list, then the verdicts: `seen: blue ring, red circle; check: A red
+cross no, B blue ring yes, ...`. The list names what the zoom's tokens show, one object at a time
+(what the LM's hidden states at an object's tokens already name); each verdict then asks whether
+an option's name is in that list, a match of text against text, and the answer is the option whose
+verdict is yes. A check note alone asks every verdict of the frames directly.
+
 With probability `direct_prob` the trajectory is instead one forced `finish` after an overview of
 `direct_frames` uniformly sampled frames: the same model then also answers without tools, which is
 the uniform-sampling baseline of `framelab bench vniah`.
@@ -62,8 +68,10 @@ from framelab.world.tasks import make_sample
 from framelab.world.tasks.common import LETTERS
 
 WHAT_QUERY = "object seen briefly"
+SEEN = "seen: "
 CHECK = "check: "
-NOTE_FORMS = ("names", "checks")
+NOTE_SEP = "; "                   # between the list and the verdicts of a `both` note
+NOTE_FORMS = ("names", "checks", "both")
 # Frame side (pixels) the agent renders the needle videos at: the default run's tower learns at
 # 64 px, where a linear probe reads shape from its tokens at 98 %; at 32 px, at 52-57 %
 # (`framelab bench probe --size`, docs/agent.md).
@@ -100,7 +108,7 @@ def seen_note(objects: list[dict], indices: list[int]) -> str:
     names = sorted({f"{o['colour']} {o['shape']}" for o in objects
                     if any(o["t_in"] <= t and (o["t_out"] is None or t < o["t_out"])
                            for t in indices)})
-    return "seen: " + (", ".join(names) if names else "nothing")
+    return SEEN + (", ".join(names) if names else "nothing")
 
 
 def visible(objects: list[dict], name: str, indices: list[int]) -> bool:
@@ -118,15 +126,31 @@ def check_note(items: list[tuple[str, str]], objects: list[dict], indices: list[
         for label, name in items)
 
 
+def expert_note(note_form: str, asked: list[tuple[str, str]], objects: list[dict],
+                indices: list[int]) -> str:
+    """The expert's note of what the frames `indices` show, in the form `note_form` (the module
+    docstring): a list, a verdict per asked item, or both."""
+    if note_form == "names":
+        return seen_note(objects, indices)
+    if note_form == "checks":
+        return check_note(asked, objects, indices)
+    return seen_note(objects, indices) + NOTE_SEP + check_note(asked, objects, indices)
+
+
 def note_check_spans(note: str) -> list[tuple[str, bool, int, int]]:
-    """(name, verdict, start, end) of each item of a note `check: A red cross no, B blue ring
-    yes`, with the item's characters note[start:end] (its letter, name and verdict); option
-    letters are dropped from the name, [] for no such note, and an item without a yes/no verdict
-    counts as no."""
-    if not note.startswith(CHECK):
-        return []
-    out, pos = [], len(CHECK)
-    for item in note[len(CHECK):].split(","):
+    """(name, verdict, start, end) of each item of a note's verdicts `check: A red cross no, B
+    blue ring yes` (a check note, or the part of a `both` note after its list), with the item's
+    characters note[start:end] (its letter, name and verdict); option letters are dropped from
+    the name, [] for a note without verdicts, and an item without a yes/no verdict counts as no."""
+    if note.startswith(CHECK):
+        at = 0
+    else:
+        at = note.find(NOTE_SEP + CHECK)
+        if at < 0:
+            return []
+        at += len(NOTE_SEP)
+    out, pos = [], at + len(CHECK)
+    for item in note[at + len(CHECK):].split(","):
         start = pos + len(item) - len(item.lstrip())
         end = pos + len(item.rstrip())
         pos += len(item) + 1
@@ -192,8 +216,7 @@ def expert_trajectory(ep: dict, rng: np.random.Generator, miss_prob: float = 0.3
         note = ""
         if notes and before is not None and before.span is not None:
             shown = zoom_indices(n, fps, *before.span, before.frames).tolist()
-            note = seen_note(meta["objects"], shown) if note_form == "names" else \
-                check_note(asked, meta["objects"], shown)
+            note = expert_note(note_form, asked, meta["objects"], shown)
         t.text = f"{note}<tool_call>{t.call}</tool_call>"
     return Trajectory(ep["question"], overview, turns, answer, {"key": ep["key"], "miss": miss})
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from framelab.agent.context import Renderer
-from framelab.agent.data import WHAT_QUERY, asked_items, check_note, seen_note, visible
+from framelab.agent.data import WHAT_QUERY, asked_items, expert_note, visible
 from framelab.agent.loop import FORCED
 from framelab.agent.tools import Toolbox, zoom_indices
 from framelab.datamodules.special_tokens import TOOL_CALL, TOOL_CALL_END
@@ -100,8 +100,7 @@ def guided_sample(r: Renderer, box: Toolbox, meta: dict, max_turns: int,
         shown = zoom_indices(n, fps, res.span[0], res.span[1], int(res.frames.shape[0])).tolist()
         note = ""
         if notes:
-            note = seen_note(objects, shown) if note_form == "names" else \
-                check_note(asked, objects, shown)
+            note = expert_note(note_form, asked, objects, shown)
         hit = any(visible(objects, item, shown) for _, item in asked)
         if hit:
             answer = f"{a}-{b}" if when else meta["answer"]

@@ -38,7 +38,8 @@ FORCED = "finish("
 @dataclass
 class AgentConfig:
     max_turns: int = 5           # a search, two zooms, a note and an answer fit (agent.data)
-    max_new_tokens: int = 48     # a turn: a note of up to five objects and a call
+    max_new_tokens: int = 64     # a turn: a note (a list of up to five objects, verdicts on
+                                 # four options: at most 58 tokens with both) and a call
     overview: int = 8            # frames of the first observation
     zoom_frames: int = 8
     budget: int | None = 2048    # context tokens (framelab.agent.context's policy)

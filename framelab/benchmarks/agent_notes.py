@@ -37,20 +37,21 @@ import time
 import numpy as np
 import torch
 
-from framelab.agent.data import FRAME_SIZE, note_checks
+from framelab.agent.data import FRAME_SIZE, NOTE_SEP, SEEN, note_checks
 from framelab.benchmarks._common import machine, print_table, write_json
 from framelab.errors import UserError
 
 PARAMS = {"lengths": [64, 128, 256, 512, 1024, 2048], "depths": [0.0, 0.25, 0.5, 0.75, 1.0],
           "when_prob": 0.5}
-NOTE = "seen: "
 
 
 def note_names(note: str) -> list[str]:
-    """The object names of a note `seen: a, b` ([] for no note)."""
-    if not note.startswith(NOTE):
+    """The object names of a note's list `seen: a, b` (up to the verdicts of a `both` note; []
+    for a note without a list)."""
+    if not note.startswith(SEEN):
         return []
-    return [n.strip() for n in note[len(NOTE):].split(",") if n.strip() and n.strip() != "nothing"]
+    listed = note[len(SEEN):].split(NOTE_SEP)[0]
+    return [n.strip() for n in listed.split(",") if n.strip() and n.strip() != "nothing"]
 
 
 def score_note(note: str, present: list[str], needle: str) -> dict:

@@ -45,7 +45,7 @@ from framelab.models.multimodal import MultimodalLM
 from framelab.rl.rollout import Rollout, rollout
 
 STAGES = ("sft", "rl")
-AGENT_DEFAULTS = {"max_turns": 5, "max_new_tokens": 48, "overview": 8, "budget": 2048, "k": 3,
+AGENT_DEFAULTS = {"max_turns": 5, "max_new_tokens": 64, "overview": 8, "budget": 2048, "k": 3,
                   "text_weight": 0.5, "index": "tower", "val_episodes": 32, "guide": False,
                   "verdict_credit": 0.0}
 

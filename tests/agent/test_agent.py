@@ -118,6 +118,29 @@ def test_expert_check_notes_give_a_verdict_per_asked_object():
         expert_trajectory(ep, np.random.default_rng(0), note_form="list")
 
 
+def test_both_notes_list_what_was_seen_then_judge_each_option_by_the_list():
+    from framelab.agent.data import note_check_spans, note_checks
+    from framelab.benchmarks.agent_notes import note_names
+
+    for i in range(3):
+        ep = episode("train", i, {"lengths": [512], "when_prob": 0.0})
+        meta = ep["meta"]
+        needle = "{colour} {shape}".format(**meta["objects"][0])
+        traj = expert_trajectory(ep, np.random.default_rng(0), miss_prob=1.0, note_form="both")
+        for turn in traj.turns[2:]:
+            note = split_call(turn.text)[0]
+            listed, checks = note_names(note), note_checks(note)
+            assert note.startswith("seen: ") and "; check: A " in note
+            assert [n for n, _ in checks] == meta["choices"]
+            assert [n for n, yes in checks if yes] == [c for c in meta["choices"] if c in listed]
+            for name, yes, a, b in note_check_spans(note):              # spans index the note
+                assert note[a:b].endswith(f"{name} {'yes' if yes else 'no'}")
+        assert needle not in note_names(split_call(traj.turns[2].text)[0])   # the miss
+        assert needle in note_names(split_call(traj.turns[3].text)[0])       # the hit
+        assert traj.turns[3].call == f"finish({meta['answer']})"
+    assert note_checks("seen: red cross, blue ring") == []               # a list has no verdicts
+
+
 def test_budget_drops_frames_then_results_and_keeps_memory(tok):
     r = renderer_for(model(tok), tok)
     ctx = Context(r, budget=None)
