@@ -79,11 +79,12 @@ FRAME_SIZE = 64
 
 
 def episode(split: str, index: int, params: dict, world_seed: int = 0) -> dict:
-    """One needle sample as an episode: frames uint8 (T, H, W, 3), fps, question, meta, key."""
+    """One needle sample as an episode: frames uint8 (T, H, W, 3), fps, question, meta, key and
+    the world's per-frame ground truth `gt` (boxes, velocities, visibility)."""
     s = make_sample("needle", split, index, params, world_seed=world_seed)
     question = s.conversation[0]["content"].replace("<video>\n", "").replace("<video>", "")
     return {"frames": s.frames, "fps": float(s.fps), "question": question, "meta": dict(s.meta),
-            "key": s.key}
+            "key": s.key, "gt": s.gt}
 
 
 def as_tensor(frames: np.ndarray) -> torch.Tensor:

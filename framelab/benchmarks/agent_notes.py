@@ -13,13 +13,20 @@ temperature 1. Printed, by question type ("what" / "when"):
   context: what the agent does once the search and zoom are right;
 - `distinct`: the share of questions whose samples end in more than one outcome (what
   group-relative RL needs to compare);
-- of the greedy notes: `needle` (the note names the needle), `colour` / `shape` / `pair` (the
+- of the greedy notes: `needle` (the note names the needle; for a `check:` note, says yes to
+  it), `listed` (the note's list `seen: ...` names the needle; `-` for notes without one),
+  `colour` / `shape` / `pair` (the
   share of the named colours, shapes and colour-shape pairs that are in the zoom), `count` (as
   many objects named as the zoom shows); for a `check:` note (`data.note_form=checks`) the named
   objects are those it says yes to, `checks` is the share of its verdicts that are right and
   `count` is `-`;
 - `if_named`: the greedy answer's score over the questions whose note names the needle (can
   the agent use a right note?), `-` when no note does;
+- `lm_names`: the share of the needle's vision tokens in the zoom whose LM hidden state names
+  its colour and its shape through the LM's output head (the argmax over the colour words and
+  over the shape words, as the default run's word grounding trains it): whether the tokens the
+  note is written from carry the needle's pair in the LM's own words (`-` when no token of the
+  zoom is the needle's, as after a miss, or when the tokenizer splits a colour or shape word);
 - `zooms`: the share of greedy next calls that zoom again (after a miss, the expert's move);
   `zooms_if_unnamed`: that share over the questions whose note does not name the needle (does
   the agent follow its own note?), `-` when every note does.
@@ -40,6 +47,7 @@ import torch
 from framelab.agent.data import FRAME_SIZE, NOTE_SEP, SEEN, note_checks
 from framelab.benchmarks._common import machine, print_table, write_json
 from framelab.errors import UserError
+from framelab.world.vocab import COLOUR_NAMES, SHAPES
 
 PARAMS = {"lengths": [64, 128, 256, 512, 1024, 2048], "depths": [0.0, 0.25, 0.5, 0.75, 1.0],
           "when_prob": 0.5}
@@ -62,7 +70,9 @@ def score_note(note: str, present: list[str], needle: str) -> dict:
     got = [n for n, yes in checks if yes] if checks else note_names(note)
     colours, shapes = {p.split()[0] for p in present}, {p.split()[-1] for p in present}
     n = max(1, len(got))
+    listed = note_names(note)
     return {"needle": float(needle in got),
+            "listed": float(needle in listed) if note.startswith(SEEN) else float("nan"),
             "colour": sum(g.split()[0] in colours for g in got) / n,
             "shape": sum(g.split()[-1] in shapes for g in got) / n,
             "pair": sum(g in present for g in got) / n,
@@ -85,6 +95,23 @@ def forced_zoom(ep: dict, rng: np.random.Generator, zoom: str = "right"):
     return traj, traj.turns.pop().text
 
 
+def needle_named(model, prompt, words: torch.Tensor, labels: np.ndarray, needle: tuple[int, int],
+                 video_id: int) -> float:
+    """The share of the needle's tokens (label ids `needle`: colour, shape) among the last
+    video's tokens (`labels`, the merged grid's order) whose LM hidden state names both its
+    colour and its shape (`lm_names` in the module docstring); nan when it has none."""
+    mine = torch.from_numpy((labels[:, 0] == needle[0]) & (labels[:, 1] == needle[1]))
+    if not bool(mine.any()):
+        return float("nan")
+    ids = torch.tensor([prompt.ids])
+    hidden = model.hidden_states(ids, prompt.videos)[0]
+    slots = (ids[0] == video_id).nonzero()[:, 0][-len(labels):][mine]
+    logits = hidden[slots] @ model.lm.output_weight.t()
+    colour = logits[:, words[0, :len(COLOUR_NAMES)]].argmax(1) == needle[0]
+    shape = logits[:, words[1, :len(SHAPES)]].argmax(1) == needle[1]
+    return float((colour & shape).float().mean())
+
+
 @torch.no_grad()
 def report(model, tok, questions: int, samples: int, seed: int = 0, zoom: str = "right",
            size: int = FRAME_SIZE) -> dict:
@@ -93,11 +120,19 @@ def report(model, tok, questions: int, samples: int, seed: int = 0, zoom: str = 
     from framelab.agent.data import as_tensor, episode
     from framelab.agent.loop import AgentConfig, answer_of, renderer_for, split_call
     from framelab.agent.rewards import score
+    from framelab.agent.tools import zoom_indices
+    from framelab.datamodules.perception_labels import token_labels
     from framelab.datamodules.special_tokens import IM_END, TOOL_CALL_END
+    from framelab.lightning_modules.videollm import attribute_words
     from framelab.models.generation import decode
+    from framelab.models.vision import merged_grid
     from framelab.rl.rollout import suppressed
 
     r = renderer_for(model, tok)
+    try:
+        words = attribute_words(tok)
+    except UserError:                        # a tokenizer that splits a word: no `lm_names`
+        words = None
     gen = torch.Generator().manual_seed(seed)
     rows: dict[str, list[dict]] = {}
     for i in range(questions):
@@ -107,6 +142,18 @@ def report(model, tok, questions: int, samples: int, seed: int = 0, zoom: str = 
             continue
         traj, want = forced[0], split_call(forced[1])[0]
         prompt = traj.context(r, as_tensor(ep["frames"]), ep["fps"]).render()
+        lm_names = float("nan")
+        if words is not None:
+            last = traj.turns[-1]                                   # the forced zoom
+            shown = zoom_indices(ep["frames"].shape[0], ep["fps"], *last.span,
+                                 last.frames).tolist()
+            grid = merged_grid(len(shown), *ep["frames"].shape[1:3], model.config.vision)
+            labels = token_labels(ep["gt"], ep["meta"]["objects"], shown, grid,
+                                  model.config.vision.temporal_patch)
+            obj = ep["meta"]["objects"][0]
+            lm_names = needle_named(model, prompt, words, labels,
+                                    (COLOUR_NAMES.index(obj["colour"]), SHAPES.index(obj["shape"])),
+                                    model.video_token_id)
         outcomes, note, zooms = [], "", 0.0
         for k, temperature in enumerate([0.0] + [1.0] * samples):
             out = decode(model, [prompt.ids], AgentConfig.max_new_tokens, videos=[prompt.videos],
@@ -120,7 +167,8 @@ def report(model, tok, questions: int, samples: int, seed: int = 0, zoom: str = 
         needle = "{colour} {shape}".format(**ep["meta"]["objects"][0])
         row = {"greedy": outcomes[0], "sampled": float(np.mean(outcomes[1:] or [0.0])),
                "distinct": float(len(set(outcomes[1:])) > 1),
-               **score_note(note, note_names(want), needle), "zooms": zooms}
+               **score_note(note, note_names(want), needle), "lm_names": lm_names,
+               "zooms": zooms}
         rows.setdefault(ep["meta"]["qtype"], []).append(row)
     out = {}
     for q, v in sorted(rows.items()):
@@ -163,8 +211,9 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     result = report(model, tok, args.questions, args.samples, args.seed, args.zoom,
                     args.size)
-    columns = ["type", "questions", "greedy", "sampled", "distinct", "needle", "colour", "shape",
-               "pair", "count", "checks", "if_named", "zooms", "zooms_if_unnamed"]
+    columns = ["type", "questions", "greedy", "sampled", "distinct", "needle", "listed", "colour",
+               "shape", "pair", "count", "checks", "if_named", "lm_names", "zooms",
+               "zooms_if_unnamed"]
     print_table([{"type": q, **{k: (f"{v:.3f}" if isinstance(v, float) else v)
                                 for k, v in row.items()}} for q, row in result.items()], columns)
     write_json(args.json, {"by_type": result, "ckpt": args.ckpt, "zoom": args.zoom,

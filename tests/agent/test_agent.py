@@ -266,15 +266,18 @@ def test_note_scores_compare_names_with_the_zoom(tok):
     present = ["blue square", "red circle"]
     s = score_note("seen: blue circle, red circle", present, needle="red circle")
     assert s.pop("checks") != s["needle"]                              # nan: not a check note
-    assert s == {"needle": 1.0, "colour": 1.0, "shape": 1.0, "pair": 0.5, "count": 1.0,
-                 "named": 2}
+    assert s == {"needle": 1.0, "listed": 1.0, "colour": 1.0, "shape": 1.0, "pair": 0.5,
+                 "count": 1.0, "named": 2}
     s = score_note("seen: green ring", present, needle="red circle")
     assert (s["needle"], s["colour"], s["shape"], s["pair"], s["count"]) == (0, 0, 0, 0, 0)
     assert score_note("no note", present, "red circle")["named"] == 0
     s = score_note("check: A green ring no, B red circle yes, C blue circle yes", present,
                    needle="red circle")
     assert (s["needle"], s["pair"], s["named"]) == (1.0, 0.5, 2) and s["checks"] == 2 / 3
-    assert s["count"] != s["count"]                                    # nan: not a list
+    assert s["count"] != s["count"] and s["listed"] != s["listed"]     # nan: not a list
+    s = score_note("seen: blue square; check: A red circle no, B blue square yes", present,
+                   needle="red circle")
+    assert (s["needle"], s["listed"], s["pair"], s["checks"]) == (0.0, 0.0, 1.0, 0.5)
     out = report(model(tok), tok, questions=4, samples=2)
     assert sum(v["questions"] for v in out.values()) == 4
     assert all(0.0 <= v[k] <= 1.0 for v in out.values() for k in ("greedy", "sampled"))
@@ -284,6 +287,25 @@ def test_note_scores_compare_names_with_the_zoom(tok):
     assert all(0.0 <= v["zooms"] <= 1.0 for v in miss.values())
     assert all(v["zooms_if_unnamed"] == "-" or 0.0 <= v["zooms_if_unnamed"] <= 1.0
                for v in miss.values())
+
+
+def test_lm_names_counts_the_needle_tokens_whose_hidden_state_names_its_pair():
+    from types import SimpleNamespace
+
+    from framelab.benchmarks.agent_notes import needle_named
+
+    video_id, words = 99, torch.full((3, 9), -1)
+    words[0, :8], words[1, :6] = torch.arange(8), torch.arange(8, 14)   # colour, shape word ids
+    ids = [1, video_id, video_id, video_id, video_id, 2]
+    labels = np.array([[2, 3, 0], [2, 3, 0], [5, 1, 0], [2, 3, 0]])     # needle: colour 2, shape 3
+    hidden = torch.zeros(1, len(ids), 14)
+    for slot, (c, s) in zip(range(1, 5), [(2, 3), (2, 4), (5, 1), (2, 3)]):
+        hidden[0, slot, c], hidden[0, slot, 8 + s] = 1.0, 1.0           # what each token names
+    model = SimpleNamespace(hidden_states=lambda i, v: hidden,
+                            lm=SimpleNamespace(output_weight=torch.eye(14)))
+    prompt = SimpleNamespace(ids=ids, videos=[])
+    assert needle_named(model, prompt, words, labels, (2, 3), video_id) == pytest.approx(2 / 3)
+    assert np.isnan(needle_named(model, prompt, words, labels, (7, 0), video_id))  # not shown
 
 
 def test_a_forced_miss_zooms_away_from_the_needle_and_the_expert_goes_on():
